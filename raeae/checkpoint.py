@@ -1,0 +1,107 @@
+"""Self-describing checkpoints: one ``model.pt`` holding the model config, weights, training config
+and metrics, all plain types and tensors so it loads with ``torch.load(weights_only=True)`` — a
+checkpoint can never run code. A checkpoint is a folder (Ray Train's unit) or the file itself, on any
+filesystem :mod:`raeae.storage` reaches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import posixpath
+
+import pyarrow.fs as pafs
+import torch
+
+from raeae.model import DenseAutoencoder, ModelConfig, build_model
+from raeae.storage import StorageConfig, StorageError, explain, read_bytes, resolve, write_bytes
+
+CHECKPOINT_FILE = "model.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or not a raeae checkpoint; the message says which."""
+
+
+def checkpoint_state(model: torch.nn.Module, model_config: ModelConfig, **extra) -> dict:
+    """The dict saved to ``model.pt``; ``extra`` holds training config, noise, metrics, optimizer…"""
+    module = model.module if hasattr(model, "module") else model  # unwrap DDP
+    state = {"format": "raeae", "format_version": FORMAT_VERSION, "model_config": model_config.to_dict(),
+             "model": {k: v.detach().cpu() for k, v in module.state_dict().items()}}
+    state.update(extra)
+    return state
+
+
+def save(state: dict, directory: str) -> str:
+    """Write ``state`` as ``directory/model.pt`` (local folder); returns the file path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a reader never sees half a checkpoint
+    return path
+
+
+def _locate(uri: str, storage: StorageConfig) -> tuple[pafs.FileSystem, str]:
+    fs, path = resolve(uri, storage)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as exc:
+        raise CheckpointError(explain(exc, uri)) from None
+    if info.type == pafs.FileType.Directory:
+        path = posixpath.join(path, CHECKPOINT_FILE)
+        info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise CheckpointError(f"{uri}: no checkpoint there (expected a folder holding {CHECKPOINT_FILE}, or the file)")
+    return fs, path
+
+
+def read_checkpoint_bytes(uri: str, storage: StorageConfig = StorageConfig()) -> bytes:
+    fs, path = _locate(uri, storage)
+    try:
+        return read_bytes(fs, path)
+    except OSError as exc:
+        raise CheckpointError(explain(exc, uri)) from None
+
+
+def parse(data: bytes, uri: str = "checkpoint") -> dict:
+    """Bytes of ``model.pt`` -> state dict; refuses pickled code and foreign files with one clear line."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure here means the same thing to the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(f"{uri}: refused - the checkpoint holds pickled code, and raeae loads "
+                                  f"weights only ({first[:200]})") from None
+        raise CheckpointError(f"{uri}: not a readable checkpoint ({first[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != "raeae" or "model_config" not in state:
+        raise CheckpointError(f"{uri}: not a raeae checkpoint (no model config inside)")
+    return state
+
+
+def model_id(data: bytes) -> str:
+    """Identity of a trained model: the first 16 hex digits of the SHA-256 of its ``model.pt``."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def model_from_state(state: dict) -> DenseAutoencoder:
+    model = build_model(ModelConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def load_state(uri: str, storage: StorageConfig = StorageConfig()) -> tuple[dict, str]:
+    """(state dict, model id) of the checkpoint at ``uri``."""
+    try:
+        data = read_checkpoint_bytes(uri, storage)
+    except StorageError as exc:
+        raise CheckpointError(str(exc)) from None
+    return parse(data, uri), model_id(data)
+
+
+def load_model(uri: str, storage: StorageConfig = StorageConfig()) -> DenseAutoencoder:
+    """The trained model (eval mode, on CPU) of a checkpoint folder or file, local or in object storage."""
+    state, _ = load_state(uri, storage)
+    return model_from_state(state)

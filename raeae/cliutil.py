@@ -1,0 +1,77 @@
+"""Flags from frozen config dataclasses, so every config field has exactly one CLI flag and one help.
+
+A field's flag is its name with dashes (``patch_size`` -> ``--patch-size``); its help comes from the
+field's ``metadata["help"]`` and its default is shown. Nested config dataclasses (a ``ModelConfig``
+inside ``TrainConfig``) contribute their own flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import typing
+
+
+def _is_config(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    text = text.strip()
+    if not text:
+        return ()
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _fmt_default(value) -> str:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "(none)"
+    return repr(value) if value == "" else str(value)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one flag per field of config dataclass ``cls`` (and of its nested configs)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if f.name in skip:
+            continue
+        if _is_config(tp):
+            add_config_flags(parser, tp, skip)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} [default: {_fmt_default(f.default)}]"
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        elif isinstance(tp, type) and issubclass(tp, enum.Enum):
+            parser.add_argument(flag, dest=f.name, choices=[e.value for e in tp], default=None, help=help_text)
+        elif tp == tuple[int, ...]:
+            parser.add_argument(flag, dest=f.name, type=_int_tuple, default=None, metavar="N,N,...",
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=tp, default=None, metavar=f.name.upper(), help=help_text)
+
+
+def config_from_args(cls: type, args: argparse.Namespace, **fixed):
+    """Build ``cls`` from parsed flags: flags left unset keep the field defaults."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if f.name in fixed:
+            kwargs[f.name] = fixed[f.name]
+        elif _is_config(tp):
+            kwargs[f.name] = config_from_args(tp, args, **fixed)
+        else:
+            value = getattr(args, f.name, None)
+            if value is None:
+                continue
+            kwargs[f.name] = tp(value) if isinstance(tp, type) and issubclass(tp, enum.Enum) else value
+    return cls(**kwargs)
