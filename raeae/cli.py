@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     ]
     for name, cls, fn, help_text in commands:
         p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip().splitlines()[0])
-        add_config_flags(p, cls)
+        # nightly reads --archive; its nested restore settings take their input from there
+        add_config_flags(p, cls, skip=("input",) if cls is NightlyConfig else ())
         p.set_defaults(func=fn)
     return parser
 

@@ -35,15 +35,21 @@ def _fmt_default(value) -> str:
     return repr(value) if value == "" else str(value)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per field of config dataclass ``cls`` (and of its nested configs)."""
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
+                     _seen: set[str] | None = None) -> None:
+    """Add one flag per field of config dataclass ``cls`` and of its nested configs. A nested field
+    whose name the outer config already has (``model`` in a nested ``RestoreConfig``) shares its flag;
+    names in ``skip`` get no flag."""
+    seen = set() if _seen is None else _seen
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    fields = dataclasses.fields(cls)
+    seen.update(f.name for f in fields if not _is_config(hints[f.name]))
+    for f in fields:
         tp = hints[f.name]
         if f.name in skip:
             continue
         if _is_config(tp):
-            add_config_flags(parser, tp, skip)
+            add_config_flags(parser, tp, skip + tuple(seen), seen)
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata.get('help', '')} [default: {_fmt_default(f.default)}]"

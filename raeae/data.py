@@ -140,8 +140,11 @@ class TrainingSource:
         def files(paths: tuple[str, ...]):
             ds = ray.data.from_items([{"path": p} for p in paths],
                                      override_num_blocks=max(1, min(len(paths), 64)))
-            return ds.map_batches(decode_for_training, batch_size=16, batch_format="numpy",
-                                  fn_kwargs={"channels": channels, "uri": self.uri, "storage": storage})
+            ds = ds.map_batches(decode_for_training, batch_size=16, batch_format="numpy",
+                                fn_kwargs={"channels": channels, "uri": self.uri, "storage": storage})
+            # Decode now, while the CPUs are free: once the Train workers hold every CPU, decode tasks
+            # would wait for them forever. The workers hold the decoded images in memory anyway.
+            return ds.materialize()
 
         return files(self.train_files), files(self.val_files)
 

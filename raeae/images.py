@@ -64,8 +64,10 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarra
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageError(f"refused: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"not a recognised image format (starts with {data[:8]!r}, {len(data)} bytes)") from None
     except Exception as exc:  # noqa: BLE001 - any failure to identify means "not an image"
-        raise ImageError(f"not a recognised image ({type(exc).__name__}: {exc})") from None
+        raise ImageError(f"not a readable image ({type(exc).__name__}: {exc})") from None
     w, h = img.size
     if w * h > max_pixels:
         raise ImageError(f"refused: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "

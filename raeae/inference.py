@@ -23,7 +23,7 @@ def default_stride(patch: int) -> int:
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 H×W or H×W×C -> float (C, H, W) in [0, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
+    t = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).float().div_(255.0)
     return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
 
 

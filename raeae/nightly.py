@@ -1,0 +1,207 @@
+"""Nightly, incremental, exactly-once restoration of a growing archive.
+
+Layout of an output (any filesystem)::
+
+    OUTPUT/run=<run_id>/*.parquet        rows restored by that run (the Parquet contract)
+    OUTPUT/_manifests/<seq>-<run_id>.json the commit record, written last and atomically
+
+A run is committed when, and only when, its manifest exists. The manifest names the exact data files
+of the run, so leftovers of a crashed attempt are never read; readers see only committed runs, and
+the next run deletes uncommitted run folders and redoes their work. Killing a run at any point
+therefore loses nothing (its inputs are still "new" next time) and duplicates nothing (its partial
+files are invisible). Run one nightly at a time per output.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raeae import checkpoint as ckpt
+from raeae.restore import SCHEMA, RestoreConfig, parquet_files, print_summary, run_pipeline, summarise
+from raeae.storage import StorageConfig, StorageError, explain, list_images, resolve
+
+MANIFESTS = "_manifests"
+
+
+@dataclass(frozen=True)
+class NightlyConfig:
+    """Restore what is new or changed in an archive since the last committed run, exactly once."""
+
+    model: str = field(default="", metadata={"help": "checkpoint folder or model.pt (local or s3://)"})
+    archive: str = field(default="", metadata={"help": "folder or prefix of the growing image archive"})
+    output: str = field(default="", metadata={"help": "nightly output: one run=<id>/ folder per run plus "
+                                                      "_manifests/"})
+    run_id: str = field(default="", metadata={
+        "help": "name of this run (default: UTC time, e.g. 20261128T020000Z); re-running a committed "
+                "id restores nothing, re-running an uncommitted one redoes it"})
+    reprocess: bool = field(default=False, metadata={"help": "restore everything again as a new run "
+                                                             "(e.g. after training a better model)"})
+    retry_errors: bool = field(default=False, metadata={
+        "help": "retry files whose last row is an error even if unchanged (off: a corrupt file stays "
+                "corrupt, and retrying only repeats its error row)"})
+    restore: RestoreConfig = RestoreConfig()
+
+    def __post_init__(self) -> None:
+        if self.run_id and (not self.run_id.replace("-", "").replace("_", "").replace(".", "").isalnum()):
+            raise ValueError(f"run_id may hold letters, digits, '-', '_' and '.', got {self.run_id!r}")
+
+
+def _manifest_infos(fs: pafs.FileSystem, root: str) -> list[dict]:
+    """Committed manifests in commit order."""
+    sel = pafs.FileSelector(posixpath.join(root, MANIFESTS), recursive=False, allow_not_found=True)
+    out = []
+    for info in fs.get_file_info(sel):
+        if info.type == pafs.FileType.File and info.path.endswith(".json"):
+            with fs.open_input_stream(info.path) as f:
+                out.append(json.loads(f.read()))
+    return sorted(out, key=lambda m: m["seq"])
+
+
+def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Readers see the whole file or nothing: write beside it, then rename (an object PUT on S3)."""
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, path)
+
+
+def committed_table(fs: pafs.FileSystem, root: str, columns: list[str] | None = None) -> pa.Table:
+    """All rows of all committed runs, in commit order, with the run's ``seq``."""
+    tables = []
+    for m in _manifest_infos(fs, root):
+        for rel in m["files"]:
+            t = pq.read_table(posixpath.join(root, rel), filesystem=fs, columns=columns, schema=SCHEMA if
+                              columns is None else None)
+            tables.append(t.append_column("_seq", pa.array(np.full(len(t), m["seq"]), pa.int64())))
+    if not tables:
+        schema = pa.schema([SCHEMA.field(c) for c in columns]) if columns else SCHEMA
+        return schema.empty_table().append_column("_seq", pa.array([], pa.int64()))
+    return pa.concat_tables(tables)
+
+
+def latest_per_path(table: pa.Table) -> pa.Table:
+    """Keep the last row (highest ``_seq``, then last written) of every ``path``."""
+    if len(table) == 0:
+        return table
+    t = table.append_column("_row", pa.array(np.arange(len(table)), pa.int64()))
+    last = t.group_by("path").aggregate([("_row", "max")])
+    keep = np.sort(last["_row_max"].to_numpy())
+    return t.take(pa.array(keep)).drop_columns(["_row"])
+
+
+def read_restored(output: str, storage: StorageConfig = StorageConfig(), columns: list[str] | None = None) -> pa.Table:
+    """The latest committed row per source path of a nightly output, or every row of a plain
+    ``raeae restore`` output; same columns as the Parquet contract."""
+    fs, root = resolve(output, storage)
+    try:
+        is_nightly = fs.get_file_info(posixpath.join(root, MANIFESTS)).type == pafs.FileType.Directory
+        if is_nightly:
+            table = committed_table(fs, root, columns)
+        else:
+            files = parquet_files(fs, root)
+            if not files and fs.get_file_info(root).type == pafs.FileType.NotFound:
+                raise StorageError(f"{output}: no such output")
+            tables = [pq.read_table(f, filesystem=fs, columns=columns) for f in files]
+            table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+            table = table.append_column("_seq", pa.array(np.zeros(len(table)), pa.int64()))
+    except OSError as exc:
+        raise StorageError(explain(exc, output)) from None
+    return latest_per_path(table).drop_columns(["_seq"])
+
+
+def _to_us(mtime: float | None) -> int | None:
+    return None if mtime is None else int(mtime * 1_000_000)
+
+
+def select_new(files: list[dict], state: pa.Table, model_id: str, retry_errors: bool) -> list[dict]:
+    """Files not yet restored by this model, or changed (size or mtime) since they were."""
+    if len(state) == 0:
+        return list(files)
+    latest = latest_per_path(state)
+    known = {p: (s, m.value if m is not None and hasattr(m, "value") else m, mid, st)
+             for p, s, m, mid, st in zip(latest["path"].to_pylist(), latest["source_size"].to_pylist(),
+                                          pc.cast(latest["source_mtime"], pa.int64()).to_pylist(),
+                                          latest["model_id"].to_pylist(), latest["status"].to_pylist())}
+    out = []
+    for f in files:
+        prev = known.get(f["path"])
+        if (prev is None or prev[0] != f["size"] or prev[1] != _to_us(f["mtime"]) or prev[2] != model_id
+                or (retry_errors and prev[3] != "ok")):
+            out.append(f)
+    return out
+
+
+def _clean_uncommitted(fs: pafs.FileSystem, root: str, committed_ids: set[str]) -> list[str]:
+    """Delete run folders that have no manifest: the remains of crashed attempts."""
+    removed = []
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True)):
+        name = posixpath.basename(info.path)
+        if info.type == pafs.FileType.Directory and name.startswith("run=") and name[4:] not in committed_ids:
+            fs.delete_dir(info.path)
+            removed.append(name[4:])
+    return removed
+
+
+def nightly(cfg: NightlyConfig) -> dict:
+    """One nightly run: list, select what is new, restore it, commit. Returns the manifest."""
+    import ray
+
+    for name in ("model", "archive", "output"):
+        if not getattr(cfg, name):
+            raise ValueError(f"--{name} is required")
+    storage = cfg.restore.storage
+    model_bytes = ckpt.read_checkpoint_bytes(cfg.model, storage)
+    ckpt.parse(model_bytes, cfg.model)  # fail fast on a bad checkpoint
+    model_id = ckpt.model_id(model_bytes)
+    files = list_images(cfg.archive, storage)
+    fs, root = resolve(cfg.output, storage)
+    try:
+        manifests = _manifest_infos(fs, root)
+    except OSError as exc:
+        raise StorageError(explain(exc, cfg.output)) from None
+    committed = {m["run_id"] for m in manifests}
+    run_id = cfg.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    if run_id in committed:
+        print(f"raeae nightly: run {run_id} is already committed; nothing to do")
+        return next(m for m in manifests if m["run_id"] == run_id)
+    removed = _clean_uncommitted(fs, root, committed)
+    if removed:
+        print(f"raeae nightly: removed uncommitted runs {', '.join(sorted(removed))} (they are redone now)")
+    state = committed_table(fs, root, ["path", "source_size", "source_mtime", "model_id", "status"])
+    todo = list(files) if cfg.reprocess else select_new(files, state, model_id, cfg.retry_errors)
+    print(f"raeae nightly: run {run_id}: {len(files)} images in {cfg.archive}, {len(todo)} to restore "
+          f"(model {model_id})")
+    run_dir = posixpath.join(root, f"run={run_id}")
+    t0 = time.perf_counter()
+    if todo:
+        if not ray.is_initialized():
+            ray.init()
+        restore_cfg = RestoreConfig(**{**cfg.restore.__dict__, "model": cfg.model, "input": cfg.archive,
+                                       "output": cfg.output})
+        out_uri = f"{cfg.output.rstrip('/')}/run={run_id}"
+        run_pipeline(todo, model_bytes, restore_cfg, out_uri)
+    data_files = parquet_files(fs, run_dir)
+    summary = summarise(fs, data_files, time.perf_counter() - t0)
+    if summary["rows"] != len(todo):  # never commit a run that lost or doubled rows
+        raise RuntimeError(f"run {run_id} wrote {summary['rows']} rows for {len(todo)} files; not committed")
+    seq = (manifests[-1]["seq"] + 1) if manifests else 1
+    manifest = {"run_id": run_id, "seq": seq, "model_id": model_id, "archive": cfg.archive,
+                "files": [posixpath.relpath(f, root) for f in data_files], **summary,
+                "inputs_listed": len(files), "inputs_restored": len(todo), "reprocess": cfg.reprocess,
+                "committed_at": datetime.now(timezone.utc).isoformat(), "output": cfg.output}
+    _write_atomic(fs, posixpath.join(root, MANIFESTS, f"{seq:08d}-{run_id}.json"),
+                  json.dumps(manifest, indent=2).encode())
+    print_summary(f"raeae nightly: run {run_id} committed", {**summary, "files": len(todo), "output": cfg.output})
+    return manifest
