@@ -72,10 +72,14 @@ def parse(data: bytes, uri: str = "checkpoint") -> dict:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure here means the same thing to the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        text = str(exc)
+        if "GLOBAL" in text or "Unsupported global" in text:
+            what = next((l.strip() for l in text.splitlines() if "GLOBAL" in l or "global" in l), first)
             raise CheckpointError(f"{uri}: refused - the checkpoint holds pickled code, and raeae loads "
-                                  f"weights only ({first[:200]})") from None
-        raise CheckpointError(f"{uri}: not a readable checkpoint ({first[:200]})") from None
+                                  f"weights only ({what[:160]})") from None
+        detail = next((l.strip() for l in str(exc).splitlines()
+                       if "load key" in l or "zip" in l.lower() or "Unsupported" in l), first)
+        raise CheckpointError(f"{uri}: not a readable checkpoint ({detail[:160]})") from None
     if not isinstance(state, dict) or state.get("format") != "raeae" or "model_config" not in state:
         raise CheckpointError(f"{uri}: not a raeae checkpoint (no model config inside)")
     return state

