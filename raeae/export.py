@@ -5,6 +5,8 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
+import pyarrow.compute as pc
+
 from raeae.storage import StorageConfig, resolve, strip_scheme, write_bytes
 
 
@@ -49,7 +51,7 @@ def export(cfg: ExportConfig) -> int:
     if not cfg.input or not cfg.output:
         raise ValueError("--input and --output are required")
     table = read_restored(cfg.input, cfg.storage, columns=None)
-    ok = table.filter(table["status"] == "ok") if len(table) else table
+    ok = table.filter(pc.equal(table["status"], "ok")) if len(table) else table
     paths = ok["path"].to_pylist()
     names = export_names(paths)
     fs, root = resolve(cfg.output, cfg.storage)

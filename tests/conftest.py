@@ -87,7 +87,8 @@ def noisy_folder(tmp_path_factory, clean_photos) -> Path:
         noisy = make_noisy(clean, NoiseConfig(sigma=25), i)
         target = (d / "sub dir" if i % 2 else d) / (("crop_" if p.name in crops else "") + p.stem + ".png")
         Image.fromarray(noisy).save(target)
-    (d / "corrupt.png").write_bytes(png_bytes(np.zeros((32, 32), np.uint8))[:60])
+    full = png_bytes(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8))
+    (d / "corrupt.png").write_bytes(full[: len(full) // 2])  # truncated mid-IDAT
     (d / "notes.png").write_text("not an image at all\n")
     return d
 
@@ -106,7 +107,7 @@ def quick_train(cfg: ModelConfig, images: list[np.ndarray], sigma: float = 25.0,
     a residual patch model to remove a clear part of σ=25 noise. (Ray Train is tested separately.)"""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    sampler = PatchSampler([torch.from_numpy(a[..., None] if a.ndim == 2 else a).permute(2, 0, 1) for a in images],
+    sampler = PatchSampler([torch.from_numpy((a[..., None] if a.ndim == 2 else a).copy()).permute(2, 0, 1) for a in images],
                            cfg.patch_size, 200)
     model = build_model(cfg)
     model.init_output_bias(sampler.mean_patch())

@@ -1,0 +1,102 @@
+"""Restoring real noisy photographs of mixed sizes through Ray Data, read back by three engines."""
+
+import json
+import os
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from raeae.cli import main
+from raeae.images import decode
+from raeae.metrics import psnr
+from raeae.nightly import read_restored
+from raeae.restore import RestoreConfig, restore
+from tests.conftest import clean_for
+
+pytestmark = pytest.mark.slow
+
+
+def check_rows(table, noisy_folder, clean_photos, prefix=""):
+    rows = {os.path.basename(p): r for p, r in zip(table["path"].to_pylist(), table.to_pylist())}
+    files = [p for p in noisy_folder.rglob("*") if p.is_file()]
+    assert len(table) == len(files) == len(rows)
+    assert rows["corrupt.png"]["status"] == "error" and "truncated" in rows["corrupt.png"]["error"].lower()
+    assert rows["notes.png"]["status"] == "error" and "not a recognised image" in rows["notes.png"]["error"]
+    for f in files:
+        r = rows[f.name]
+        assert r["path"].startswith(prefix)
+        if f.name in ("corrupt.png", "notes.png"):
+            assert r["image"] is None
+            continue
+        assert r["status"] == "ok" and r["error"] is None
+        noisy = decode(f.read_bytes())[0]
+        out = decode(r["image"])[0]
+        assert out.shape == noisy.shape
+        assert (r["height"], r["width"], r["channels"]) == (noisy.shape[0], noisy.shape[1],
+                                                           1 if noisy.ndim == 2 else noisy.shape[2])
+        clean = clean_for(clean_photos, f.name)
+        assert psnr(clean, out) > psnr(clean, noisy) + 2.0, f.name  # clearly less noisy
+
+
+def test_restore_folder_mixed_sizes_and_bad_files(ray_session, tmp_path, noisy_folder, clean_photos,
+                                                  trained_checkpoint):
+    out = tmp_path / "restored"
+    assert main(["restore", "--model", str(trained_checkpoint), "--input", str(noisy_folder),
+                 "--output", str(out), "--rows-per-file", "3"]) == 0
+    table = pq.read_table(out)
+    check_rows(table, noisy_folder, clean_photos)
+    assert len(list(out.glob("*.parquet"))) >= 2  # rows_per_file respected
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["rows"] == summary["files"] == len(table) and summary["errors"] == 2
+    assert summary["ok"] + summary["errors"] == summary["rows"] and summary["images_per_s"] > 0
+    # The contract reads back in DuckDB and Polars too.
+    con = duckdb.connect()
+    n_ok = con.execute(f"select count(*) from read_parquet('{out}/*.parquet') where status = 'ok'").fetchone()[0]
+    assert n_ok == summary["ok"]
+    df = pl.read_parquet(f"{out}/*.parquet")
+    assert df.height == len(table) and df["model_id"].n_unique() == 1
+    assert df.filter(pl.col("status") == "error")["image"].null_count() == 2
+
+    # export mirrors the relative source paths
+    exported = tmp_path / "exported"
+    assert main(["export", "--input", str(out), "--output", str(exported)]) == 0
+    names = sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*.png"))
+    expected = sorted(p.relative_to(noisy_folder).as_posix() for p in noisy_folder.rglob("*.png")
+                      if p.name not in ("corrupt.png", "notes.png"))
+    assert names == expected
+    assert len(read_restored(str(out))) == len(table)
+
+
+def test_restore_refuses_a_non_empty_output(ray_session, tmp_path, noisy_folder, trained_checkpoint, capsys):
+    (tmp_path / "old.parquet").write_bytes(b"x")
+    assert main(["restore", "--model", str(trained_checkpoint), "--input", str(noisy_folder),
+                 "--output", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_restore_with_s3_input_and_output(ray_session, s3_env, tmp_path, noisy_folder, clean_photos,
+                                          trained_checkpoint):
+    src = s3_env.bucket("archive")
+    s3_env.bucket("results")
+    s3_env.upload_dir(noisy_folder, src + "/photos")
+    s3_env.upload_dir(trained_checkpoint, "s3://results/model")
+    summary = restore(RestoreConfig(model="s3://results/model", input=src + "/photos",
+                                    output="s3://results/run1"))
+    assert summary["errors"] == 2 and summary["rows"] == summary["files"]
+    table = read_restored("s3://results/run1")
+    check_rows(table, noisy_folder, clean_photos, prefix="s3://archive/photos/")
+
+
+def test_bad_credentials_and_endpoint_fail_with_one_line(s3_env, monkeypatch, capsys, trained_checkpoint):
+    s3_env.bucket("creds")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    assert main(["restore", "--model", str(trained_checkpoint), "--input", "s3://creds/x",
+                 "--output", "s3://creds/y"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "access denied" in err[0] and "wrong" not in err[0]
+    assert main(["restore", "--model", str(trained_checkpoint), "--input", "s3://creds/x",
+                 "--output", "s3://creds/y", "--endpoint-url", "http://127.0.0.1:9"]) == 2
+    assert "cannot reach" in capsys.readouterr().err
