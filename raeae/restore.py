@@ -146,7 +146,9 @@ def _actor_shape(cfg: RestoreConfig) -> tuple[int, float, float]:
     if cfg.gpu and gpus < 1:
         raise ValueError("--gpu was given but the Ray cluster has no GPUs")
     actors = cfg.actors or (int(gpus) if cfg.gpu else max(1, int(cpus)))
-    cpus_per_actor = cfg.cpus_per_actor or max(0.1, round(0.75 * cpus / actors, 2))
+    # An actor must fit on one node: never ask for more CPUs than the largest node has.
+    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=cpus)
+    cpus_per_actor = cfg.cpus_per_actor or max(0.1, round(min(0.75 * cpus / actors, largest), 2))
     return actors, cpus_per_actor, 1.0 if cfg.gpu else 0.0
 
 

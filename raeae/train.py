@@ -229,14 +229,16 @@ def _resume_state(model, optimizer) -> dict:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return {"epoch": 0, "history": [], "best_val_psnr": -math.inf, "best_epoch": 0, "best_model": None,
-                "stopped": ""}
+                "stopped": "", "resumed_at": []}
     with checkpoint.as_directory() as d:
         with open(os.path.join(d, ckpt.CHECKPOINT_FILE), "rb") as f:
             state = ckpt.parse(f.read(), d)
     module = model.module if hasattr(model, "module") else model
     module.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    return state["progress"]
+    progress = state["progress"]
+    # A record of every resume (a re-run, or Ray Train restarting failed workers), for the history.
+    return {**progress, "resumed_at": [*progress.get("resumed_at", []), progress["epoch"]]}
 
 
 def _save_and_report(model, optimizer, cfg: TrainConfig, progress: dict, metrics: dict) -> None:
@@ -262,6 +264,7 @@ def train_loop_per_worker(config: dict) -> None:
     started = time.time()
     deadline = started + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))  # match the CPUs Ray reserved for us
     device = ray.train.torch.get_device()
     sampler = PatchSampler(_images(ray.train.get_dataset_shard("train"), cfg.model.channels),
                            cfg.model.patch_size, cfg.patches_per_image)
@@ -321,6 +324,7 @@ class TrainResult:
     fit_s: float  # wall time of TorchTrainer.fit()
     loop_s: float  # time inside the training loops (the rest of fit_s is Ray's overhead)
     history: list
+    resumed_at: list  # epochs after which this run was resumed from a checkpoint
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -383,7 +387,8 @@ def _export_best(cfg: TrainConfig, state: dict, fit_s: float) -> TrainResult:
     loop_s = float(state["metrics"].get("train_loop_s", 0.0))
     return TrainResult(checkpoint_uri=cfg.output, metrics=state["metrics"], best_val_psnr=best.get("val_psnr", math.nan),
                        best_val_psnr_noisy=best.get("val_psnr_noisy", math.nan), best_epoch=best_epoch,
-                       fit_s=fit_s, loop_s=loop_s, history=progress["history"])
+                       fit_s=fit_s, loop_s=loop_s, history=progress["history"],
+                       resumed_at=list(progress.get("resumed_at", [])))
 
 
 def with_overrides(cfg: TrainConfig, **kw) -> TrainConfig:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +28,12 @@ from raeae.model import ModelConfig, build_model
 from raeae.patches import PatchSampler
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Ray 2.60 heads started with `ray start` require a token for the Jobs API. Ray reads its auth mode
+# once, when first imported, so the whole test session (local Ray, heads, subprocesses) shares one
+# token set here, before anything imports ray.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 S3_KEY, S3_SECRET = "raeaetestkey", "raeaetestsecret"
 
 

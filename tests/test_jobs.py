@@ -3,7 +3,6 @@ loopback ports, jobs submitted with JobSubmissionClient, outputs checked. The he
 own process group, not `ray stop` (which would end every Ray on the machine)."""
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -25,16 +24,11 @@ def head(tmp_path_factory):
     ray_exe = str(Path(sys.executable).parent / "ray")
     port, dash = free_port(), free_port()
     temp = tmp_path_factory.mktemp("rayhead")
-    # Ray 2.60 heads require token authentication for the Jobs API: give the head and this client one.
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    mp = pytest.MonkeyPatch()
-    for k, v in auth.items():
-        mp.setenv(k, v)
     proc = subprocess.Popen([ray_exe, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
                              f"--temp-dir={temp}", "--include-dashboard=true", "--disable-usage-stats"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, **auth, "RAY_ADDRESS": ""})
+                            env={**os.environ, "RAY_ADDRESS": ""})  # token: see conftest
     from ray.job_submission import JobSubmissionClient
 
     address = f"http://127.0.0.1:{dash}"
@@ -50,7 +44,6 @@ def head(tmp_path_factory):
                 pytest.fail("local Ray head did not start")
             time.sleep(1)
     yield client
-    mp.undo()
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=30)

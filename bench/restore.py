@@ -1,0 +1,149 @@
+"""Restore throughput: a plain single-process loop vs the Ray Data pipeline, same files, same work
+(read -> decode -> tile -> model -> stitch -> PNG encode -> Parquet), measured in one run, at 1x and
+4x collection sizes; with the peak memory (PSS) summed over all processes.
+
+    .venv/bin/python bench/restore.py --images 5000 --scales 1,4 [--model CKPT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from raeae import checkpoint as ckpt
+from raeae.corrupt import NoiseConfig
+from raeae.data import SAMPLE_TRAIN, sample_dir
+from raeae.demo import demo_model
+from raeae.evaluate import make_noisy
+from raeae.images import decode
+from raeae.model import build_model
+from raeae.restore import SCHEMA, Restorer, RestoreConfig, restore
+from raeae.storage import StorageConfig, list_images
+
+
+class PeakPss:
+    """Samples the summed PSS of every process on the machine (Ray's workers included)."""
+
+    def __init__(self, every_s: float = 0.5):
+        self.peak, self.every, self._stop = 0, every_s, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            total = 0
+            for p in psutil.process_iter():
+                try:
+                    total += p.memory_full_info().pss
+                except (psutil.Error, AttributeError):
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def make_collection(folder: str, n: int, seed: int = 0) -> None:
+    """n noisy PNG crops of the sample photographs: 90 % small (64-128 px), 10 % large (256-512 px)."""
+    rng = np.random.default_rng(seed)
+    photos = [decode((sample_dir() / s).read_bytes())[0] for s in SAMPLE_TRAIN]
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        img = photos[i % len(photos)]
+        side = int(rng.integers(256, 513)) if i % 10 == 0 else int(rng.integers(64, 129))
+        h, w = min(side, img.shape[0]), min(side, img.shape[1])
+        y, x = rng.integers(0, img.shape[0] - h + 1), rng.integers(0, img.shape[1] - w + 1)
+        Image.fromarray(make_noisy(img[y:y + h, x:x + w], NoiseConfig(sigma=25), i)).save(
+            f"{folder}/{i:06d}.png", compress_level=1)
+
+
+def plain(model_path: str, folder: str, out: str) -> dict:
+    """The same Restorer code, called on one batch after another in this process."""
+    files = list_images(folder)
+    r = Restorer(ckpt.read_checkpoint_bytes(model_path), StorageConfig(), 0, 4096, 10**8, 1,
+                 torch.get_num_threads(), folder)
+    t0 = time.perf_counter()
+    writer, tables = None, []
+    os.makedirs(out, exist_ok=True)
+    for i in range(0, len(files), 4):
+        chunk = files[i:i + 4]
+        tables.append(r({"path": [f["path"] for f in chunk], "size": [f["size"] for f in chunk],
+                         "mtime": [f["mtime"] for f in chunk]}))
+        if sum(len(t) for t in tables) >= 2000:
+            pq.write_table(pa.concat_tables(tables), f"{out}/part-{i:06d}.parquet")
+            tables = []
+    if tables:
+        pq.write_table(pa.concat_tables(tables), f"{out}/part-last.parquet")
+    wall = time.perf_counter() - t0
+    pixels = sum(w * h for w, h in zip(*[pq.read_table(out, columns=["width", "height"])[c].to_pylist()
+                                          for c in ("width", "height")]) if w)
+    return {"images_per_s": len(files) / wall, "megapixels_per_s": pixels / 1e6 / wall, "wall_s": wall}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=5000, help="images at scale 1")
+    p.add_argument("--scales", default="1,4", help="collection sizes as multiples of --images")
+    p.add_argument("--model", default="", help="checkpoint (default: an untrained demo-sized model; speed "
+                                               "does not depend on the weights)")
+    p.add_argument("--workdir", default="", help="scratch folder (default: a temporary one)")
+    p.add_argument("--json", default="runs/bench-restore.json")
+    a = p.parse_args(argv)
+    import ray
+
+    work = a.workdir or tempfile.mkdtemp(prefix="raeae-bench-")
+    model_path = a.model
+    if not model_path:
+        cfg = demo_model()
+        model_path = f"{work}/model"
+        ckpt.save(ckpt.checkpoint_state(build_model(cfg), cfg), model_path)
+    ray.init(log_to_driver=False)
+    rows = []
+    for scale in [int(s) for s in a.scales.split(",")]:
+        n = a.images * scale
+        folder = f"{work}/images-{n}"
+        if not os.path.isdir(folder):
+            make_collection(folder, n)
+        for name in ("plain loop", "Ray Data"):
+            out = f"{work}/out-{name.replace(' ', '-')}-{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            with PeakPss() as mem:
+                if name == "plain loop":
+                    r = plain(model_path, folder, out)
+                else:
+                    s = restore(RestoreConfig(model=model_path, input=folder, output=out))
+                    r = {"images_per_s": s["images_per_s"], "megapixels_per_s": s["megapixels_per_s"],
+                         "wall_s": s["wall_s"]}
+            rows.append({"images": n, "setup": name, **r, "peak_pss_gib": mem.peak / 2**30})
+    print(f"\n| images | setup | images/s | MP/s | ratio to plain | wall s | peak PSS GiB (all processes) |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        base = next(x for x in rows if x["images"] == r["images"] and x["setup"] == "plain loop")
+        print(f"| {r['images']} | {r['setup']} | {r['images_per_s']:.1f} | {r['megapixels_per_s']:.2f} | "
+              f"{r['images_per_s'] / base['images_per_s']:.2f} | {r['wall_s']:.1f} | {r['peak_pss_gib']:.2f} |")
+    os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
+    with open(a.json, "w") as f:
+        json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Training throughput: a plain single-process PyTorch loop vs Ray Train with 1 and 2 workers.
+
+Same model, data, global batch and epochs in all three, measured in one run. "Loop" samples/s count
+only the training loops (patch sampling, corruption, forward, backward, step); ``fit overhead`` is the
+rest of ``TorchTrainer.fit()`` (Ray start of the controller and workers, dataset split, reporting).
+
+    .venv/bin/python bench/train.py --data ../shared/data/mnist --epochs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import torch
+
+from raeae.corrupt import NoiseConfig
+from raeae.data import arrays_from_rows, load_source
+from raeae.model import ModelConfig, build_model
+from raeae.patches import PatchSampler
+from raeae.train import EpochTrainer, TrainConfig, train
+
+
+def plain_loop(cfg: TrainConfig) -> dict:
+    """The same EpochTrainer steps in this process, no Ray, no DDP, torch's default threads."""
+    src = load_source(cfg.data, cfg.model.channels, cfg.val_fraction, cfg.seed)
+    images = [torch.from_numpy(a.copy()).permute(2, 0, 1) for a in arrays_from_rows(src.train_rows.to_pydict())] \
+        if src.train_rows is not None else None
+    if images is None:
+        raise SystemExit("bench/train.py takes an IDX folder (MNIST) for the plain loop")
+    torch.manual_seed(cfg.seed)
+    sampler = PatchSampler(images, cfg.model.patch_size, cfg.patches_per_image)
+    model = build_model(cfg.model)
+    model.init_output_bias(sampler.mean_patch())
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    trainer = EpochTrainer(cfg, model, opt, sampler, torch.device("cpu"))
+    samples, seconds = 0, 0.0
+    for epoch in range(1, cfg.epochs + 1):
+        s = trainer.run_epoch(epoch, math.inf)
+        samples += s["steps"] * trainer.batch
+        seconds += s["epoch_s"]
+    return {"samples_per_s": samples / seconds, "loop_s": seconds, "fit_s": None}
+
+
+def ray_train(cfg: TrainConfig, workers: int, out: str) -> dict:
+    r = train(TrainConfig(**{**cfg.__dict__, "workers": workers, "output": f"{out}/w{workers}",
+                             "run_name": f"bench-{workers}-{time.time_ns()}"}))
+    samples = sum(h["steps"] for h in r.history) * (cfg.batch_size // workers) * workers
+    return {"samples_per_s": samples / r.loop_s, "loop_s": r.loop_s, "fit_s": r.fit_s}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="an MNIST IDX folder, e.g. ../shared/data/mnist")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per run")
+    p.add_argument("--batch-size", type=int, default=256, help="global batch")
+    p.add_argument("--out", default="runs/bench-train", help="scratch folder for checkpoints")
+    p.add_argument("--json", default="runs/bench-train.json", help="where the table is written as JSON")
+    a = p.parse_args(argv)
+    import ray
+
+    cfg = TrainConfig(data=a.data, output="", epochs=a.epochs, batch_size=a.batch_size, patience=0,
+                      model=ModelConfig(patch_size=28), noise=NoiseConfig(sigma=50),
+                      storage_path=f"{a.out}/ray")
+    rows = {"plain loop (1 process)": plain_loop(cfg)}
+    ray.init(num_cpus=2, log_to_driver=False)
+    for w in (1, 2):
+        rows[f"Ray Train, {w} worker{'s' if w > 1 else ''}"] = ray_train(cfg, w, a.out)
+    base = rows["plain loop (1 process)"]["samples_per_s"]
+    print(f"\nmodel {cfg.model.features}-{list(cfg.model.hidden)}-{cfg.model.latent}-"
+          f"{list(cfg.model.decoder_hidden)}, global batch {a.batch_size}, {a.epochs} epochs, {a.data}\n")
+    print("| setup | loop samples/s | ratio to plain | loop s | fit() s | fit overhead s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        fit = f"{r['fit_s']:.1f}" if r["fit_s"] else "-"
+        over = f"{r['fit_s'] - r['loop_s']:.1f}" if r["fit_s"] else "-"
+        print(f"| {name} | {r['samples_per_s']:.0f} | {r['samples_per_s'] / base:.2f} | {r['loop_s']:.1f} | {fit} | {over} |")
+    import os
+
+    os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
+    with open(a.json, "w") as f:
+        json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
