@@ -20,14 +20,14 @@ class ExportConfig:
 
 
 def safe_relative(path: str, root: str) -> str:
-    """``path`` relative to ``root``, with ``..`` and absolute parts refused, so nothing is written
-    outside the export folder whatever the source names are."""
-    rel = posixpath.relpath(strip_scheme(path), strip_scheme(root)) if root else strip_scheme(path)
-    rel = posixpath.normpath(rel.lstrip("/"))
-    parts = rel.split("/")
-    if rel in ("", ".") or ".." in parts or any(p.startswith("/") for p in parts):
-        raise ValueError(f"unsafe source path for export: {path!r}")
-    return rel
+    """``path`` relative to ``root`` as a name that cannot leave the export folder: ``..`` parts
+    (legal in object keys) become ``__``, empty and ``.`` parts are dropped, absolute becomes relative."""
+    p, r = strip_scheme(path), strip_scheme(root).rstrip("/")
+    rel = p[len(r) + 1:] if r and p.startswith(r + "/") else p
+    parts = ["__" if part == ".." else part for part in rel.split("/") if part not in ("", ".")]
+    if not parts:
+        raise ValueError(f"source path has no file name: {path!r}")
+    return "/".join(parts)
 
 
 def export_names(paths: list[str]) -> dict[str, str]:
@@ -35,6 +35,7 @@ def export_names(paths: list[str]) -> dict[str, str]:
     sources would share (a.jpg and a.png) keeps its original extension before .png."""
     stripped = [strip_scheme(p) for p in paths]
     root = posixpath.commonpath(stripped) if len(stripped) > 1 else posixpath.dirname(stripped[0]) if stripped else ""
+    root = root if "/.." not in root + "/" else ""
     if len(stripped) > 1 and root in stripped:  # all the same file is impossible; a file as root is not a folder
         root = posixpath.dirname(root)
     names = {p: posixpath.splitext(safe_relative(p, root))[0] + ".png" for p in paths}
