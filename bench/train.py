@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -46,7 +47,10 @@ def plain_loop(cfg: TrainConfig) -> dict:
 
 
 def ray_train(cfg: TrainConfig, workers: int, out: str) -> dict:
+    # Each run gets the whole machine, like the plain loop: N workers share its CPUs.
+    cpus = os.cpu_count() or 1
     r = train(TrainConfig(**{**cfg.__dict__, "workers": workers, "output": f"{out}/w{workers}",
+                             "cpus_per_worker": max(1.0, cpus / workers),
                              "run_name": f"bench-{workers}-{time.time_ns()}"}))
     samples = sum(h["steps"] for h in r.history) * (cfg.batch_size // workers) * workers
     return {"samples_per_s": samples / r.loop_s, "loop_s": r.loop_s, "fit_s": r.fit_s}
@@ -66,7 +70,7 @@ def main(argv=None) -> int:
                       model=ModelConfig(patch_size=28), noise=NoiseConfig(sigma=50),
                       storage_path=f"{a.out}/ray")
     rows = {"plain loop (1 process)": plain_loop(cfg)}
-    ray.init(num_cpus=2, log_to_driver=False)
+    ray.init(log_to_driver=False)
     for w in (1, 2):
         rows[f"Ray Train, {w} worker{'s' if w > 1 else ''}"] = ray_train(cfg, w, a.out)
     base = rows["plain loop (1 process)"]["samples_per_s"]
@@ -78,8 +82,6 @@ def main(argv=None) -> int:
         fit = f"{r['fit_s']:.1f}" if r["fit_s"] else "-"
         over = f"{r['fit_s'] - r['loop_s']:.1f}" if r["fit_s"] else "-"
         print(f"| {name} | {r['samples_per_s']:.0f} | {r['samples_per_s'] / base:.2f} | {r['loop_s']:.1f} | {fit} | {over} |")
-    import os
-
     os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
     with open(a.json, "w") as f:
         json.dump(rows, f, indent=2)
