@@ -75,7 +75,7 @@ def make_collection(folder: str, n: int, seed: int = 0) -> None:
             f"{folder}/{i:06d}.png", compress_level=1)
 
 
-def plain(model_path: str, folder: str, out: str) -> dict:
+def plain(model_path: str, folder: str, out: str, batch: int = RestoreConfig().batch_size) -> dict:
     """The same Restorer code, called on one batch after another in this process."""
     files = list_images(folder)
     r = Restorer(ckpt.read_checkpoint_bytes(model_path), StorageConfig(), 0, 4096, 10**8, 1,
@@ -83,8 +83,8 @@ def plain(model_path: str, folder: str, out: str) -> dict:
     t0 = time.perf_counter()
     writer, tables = None, []
     os.makedirs(out, exist_ok=True)
-    for i in range(0, len(files), 4):
-        chunk = files[i:i + 4]
+    for i in range(0, len(files), batch):
+        chunk = files[i:i + batch]
         tables.append(r({"path": [f["path"] for f in chunk], "size": [f["size"] for f in chunk],
                          "mtime": [f["mtime"] for f in chunk]}))
         if sum(len(t) for t in tables) >= 2000:

@@ -140,8 +140,11 @@ class DenseAutoencoder(nn.Module):
         return self.config.head is Head.SIGMOID and not self.config.residual
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The last layer's raw values: pre-sigmoid intensities, or the noise estimate in residual mode."""
-        return self.decoder(self.encoder(x))
+        """The last layer's raw values: pre-sigmoid intensities, or the noise estimate in residual mode.
+
+        Pixels in [0, 1] are centred and scaled to about unit spread before the first layer (as Burger
+        et al. normalise their patches): an uncentred input slows Adam on wide first layers."""
+        return self.decoder(self.encoder((x - 0.5) * 4.0))
 
     def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
         """Restored patches; with ``logits=True`` the last layer's raw values (for BCE on logits).
