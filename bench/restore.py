@@ -117,8 +117,8 @@ def main(argv=None) -> int:
         ckpt.save(ckpt.checkpoint_state(build_model(cfg), cfg), model_path)
     ray.init(log_to_driver=False)
     rows = []
-    for scale in [int(s) for s in a.scales.split(",")]:
-        n = a.images * scale
+    for scale in [float(s) for s in a.scales.split(",")]:
+        n = int(a.images * scale)
         folder = f"{work}/images-{n}"
         if not os.path.isdir(folder):
             make_collection(folder, n)

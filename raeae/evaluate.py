@@ -35,6 +35,9 @@ class EvaluateConfig:
     baselines: bool = field(default=True, metadata={"help": "also run TV, wavelet and NL-means"})
     output: str = field(default="runs/evaluate", metadata={"help": "local folder for evaluate.json and grid.png"})
     grid_images: int = field(default=4, metadata={"help": "images shown in the before/after grid"})
+    restored: str = field(default="", metadata={
+        "help": "instead of running the model, score a `raeae restore`/`nightly` output: each ok row "
+                "against the clean image in --data with the same file stem, and its source as the noisy input"})
     storage: StorageConfig = StorageConfig()
 
 
@@ -90,6 +93,8 @@ def _grid(rows: list[list[np.ndarray]], size: int = 160) -> np.ndarray:
 
 def evaluate(cfg: EvaluateConfig, printer: Callable[[str], None] = print) -> dict:
     """Run every method on the same noisy images; print a Markdown table; write JSON and a grid."""
+    if cfg.restored:
+        return evaluate_restored(cfg, printer)
     if not cfg.model or not cfg.data:
         raise ValueError("--model and --data are required")
     state, model_id = load_state(cfg.model, cfg.storage)
@@ -145,3 +150,39 @@ def markdown_table(result: dict) -> str:
         p = "inf" if math.isinf(v["psnr"]) else f"{v['psnr']:.2f}"
         lines.append(f"| {k} | {p} | {v['ssim']:.4f} | {v['seconds']:.1f} |")
     return "\n".join(lines)
+
+
+def evaluate_restored(cfg: EvaluateConfig, printer: Callable[[str], None] = print) -> dict:
+    """PSNR/SSIM of an existing restore or nightly output against clean references."""
+    import posixpath
+
+    from raeae.images import decode
+    from raeae.nightly import read_restored
+    from raeae.storage import read_bytes, resolve
+
+    if not cfg.data:
+        raise ValueError("--data (the clean references) is required")
+    clean = {posixpath.splitext(name)[0]: img for name, img in load_images(cfg.data, None, cfg.storage)}
+    table = read_restored(cfg.restored, cfg.storage)
+    fs, _ = resolve(cfg.restored, cfg.storage)
+    scores: dict[str, list[tuple[float, float]]] = {"noisy input": [], "raeae": []}
+    matched = 0
+    for path, status, png in zip(table["path"].to_pylist(), table["status"].to_pylist(), table["image"].to_pylist()):
+        ref = clean.get(posixpath.splitext(posixpath.basename(path))[0])
+        if status != "ok" or ref is None:
+            continue
+        src_fs, src = resolve(path, cfg.storage)
+        noisy, out = decode(read_bytes(src_fs, src))[0], decode(png)[0]
+        if noisy.shape != ref.shape:
+            continue
+        matched += 1
+        scores["noisy input"].append((psnr(ref, noisy), ssim(ref, noisy)))
+        scores["raeae"].append((psnr(ref, out), ssim(ref, out)))
+    if not matched:
+        raise ValueError(f"no ok row of {cfg.restored} matches a clean image in {cfg.data} by file name")
+    result = {"restored": cfg.restored, "data": cfg.data, "images": matched, "noise": cfg.noise.to_dict(),
+              "rows": len(table), "methods": {k: {"psnr": float(np.mean([p for p, _ in v])),
+                                                  "ssim": float(np.mean([q for _, q in v])), "seconds": 0.0}
+                                              for k, v in scores.items()}}
+    printer(markdown_table(result))
+    return result

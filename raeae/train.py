@@ -20,7 +20,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -406,7 +406,3 @@ def _export_best(cfg: TrainConfig, state: dict, fit_s: float) -> TrainResult:
                        best_val_psnr_noisy=best.get("val_psnr_noisy", math.nan), best_epoch=best_epoch,
                        fit_s=fit_s, loop_s=loop_s, history=progress["history"],
                        resumed_at=list(progress.get("resumed_at", [])))
-
-
-def with_overrides(cfg: TrainConfig, **kw) -> TrainConfig:
-    return replace(cfg, **kw)

@@ -100,3 +100,14 @@ def test_bad_credentials_and_endpoint_fail_with_one_line(s3_env, monkeypatch, ca
     assert main(["restore", "--model", str(trained_checkpoint), "--input", "s3://creds/x",
                  "--output", "s3://creds/y", "--endpoint-url", "http://127.0.0.1:9"]) == 2
     assert "cannot reach" in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_restore_output_against_clean_images(ray_session, tmp_path, noisy_folder, clean_photos,
+                                                               trained_checkpoint, capsys):
+    out = tmp_path / "restored"
+    restore(RestoreConfig(model=str(trained_checkpoint), input=str(noisy_folder), output=str(out)))
+    assert main(["evaluate", "--restored", str(out), "--data", str(clean_photos)]) == 0
+    table = capsys.readouterr().out
+    rows = {l.split("|")[1].strip(): float(l.split("|")[2]) for l in table.splitlines() if l.startswith("| ")
+            and l.split("|")[2].strip().replace(".", "").isdigit()}
+    assert rows["raeae"] > rows["noisy input"] + 2.0
