@@ -211,6 +211,23 @@ def summarise(fs: pafs.FileSystem, files: list[str], wall_s: float) -> dict:
             "megapixels": round(pixels / 1e6, 3), "parquet_files": len(files)}
 
 
+def spilled_bytes() -> int | None:
+    """Bytes Ray has spilled from the object store to disk so far (None if Ray cannot say), so a run
+    that spilled says so in its summary instead of silently slowing down."""
+    import re
+
+    try:
+        import ray
+        from ray._private.internal_api import memory_summary
+
+        text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True, units="B")
+    except Exception:  # noqa: BLE001 - a private API; its absence must not fail a run
+        return None
+    m = re.search(r"Spilled\s+([0-9.]+)\s*(MiB|KiB|GiB|B)\b", text)
+    scale = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+    return int(float(m.group(1)) * scale[m.group(2)]) if m else 0
+
+
 def _ensure_empty(fs: pafs.FileSystem, path: str, uri: str) -> None:
     try:
         info = fs.get_file_info(path)
@@ -240,10 +257,17 @@ def restore(cfg: RestoreConfig) -> dict:
     print(f"raeae restore: {len(files)} images under {cfg.input} -> {cfg.output} "
           f"(model {ckpt.model_id(model_bytes)}, patch {state['model_config']['patch_size']})")
     t0 = time.perf_counter()
+    spilled_before = spilled_bytes()
     if files:
         run_pipeline(files, model_bytes, cfg, cfg.output)
     wall = time.perf_counter() - t0
+    spilled_after = spilled_bytes()
+    spilled = None if spilled_before is None or spilled_after is None else spilled_after - spilled_before
+    if spilled:
+        print(f"raeae restore: warning: Ray spilled {spilled / 2**20:.0f} MiB of objects to disk "
+              f"(object store too small for the pipeline's working set; slower, not lossy)")
     summary = {"files": len(files), **summarise(out_fs, parquet_files(out_fs, out_path), wall),
+               "spilled_bytes": spilled,
                "input": cfg.input, "output": cfg.output, "model_id": ckpt.model_id(model_bytes)}
     write_bytes(out_fs, posixpath.join(out_path, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
     print_summary("raeae restore", summary)
