@@ -30,7 +30,7 @@ class DemoConfig:
     workdir: str = field(default="runs/demo", metadata={"help": "local folder for everything the demo "
                                                                 "makes; emptied first"})
     sigma: float = field(default=25.0, metadata={"help": "Gaussian σ (0-255) of the demo archive's noise"})
-    epochs: int = field(default=8, metadata={"help": "training epochs (the time budget usually ends it first)"})
+    epochs: int = field(default=60, metadata={"help": "training epochs (the time budget usually ends it first)"})
     max_minutes: float = field(default=1.5, metadata={"help": "training time budget, to keep the demo "
                                                               "under ~5 minutes on 2 CPUs"})
     workers: int = field(default=2, metadata={"help": "Ray Train workers"})
@@ -76,7 +76,7 @@ def demo(cfg: DemoConfig) -> dict:
     model_dir = os.path.join(work, "model")
     result = train(TrainConfig(data=clean_train, output=model_dir, model=demo_model(), noise=noise,
                                epochs=cfg.epochs, max_minutes=cfg.max_minutes, workers=cfg.workers,
-                               augment=True, lr=1e-3, seed=cfg.seed, val_fraction=0.15,
+                               augment=True, lr=3e-4, cosine=True, seed=cfg.seed, val_fraction=0.15,
                                storage_path=os.path.join(work, "ray"), run_name="demo"))
     print(f"   validation PSNR: noisy {result.best_val_psnr_noisy:.2f} dB -> model {result.best_val_psnr:.2f} dB")
     archive = os.path.join(work, "archive")
