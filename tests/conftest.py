@@ -163,13 +163,23 @@ class S3Server:
         self.fs().create_dir(name)
         return f"s3://{name}"
 
+    def put(self, key: str, data: bytes, attempts: int = 5) -> None:
+        """Write one object; SeaweedFS answers a transient 500 now and then while volumes grow."""
+        for i in range(attempts):
+            try:
+                with self.fs().open_output_stream(key) as f:
+                    f.write(data)
+                return
+            except OSError:
+                if i == attempts - 1:
+                    raise
+                time.sleep(0.5 * (i + 1))
+
     def upload_dir(self, local: Path, uri: str) -> None:
-        fs = self.fs()
         base = uri[len("s3://"):]
         for p in local.rglob("*"):
             if p.is_file():
-                with fs.open_output_stream(f"{base}/{p.relative_to(local).as_posix()}") as f:
-                    f.write(p.read_bytes())
+                self.put(f"{base}/{p.relative_to(local).as_posix()}", p.read_bytes())
 
 
 def _weed() -> str:
@@ -195,9 +205,11 @@ def s3_server(tmp_path_factory):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = S3Server(f"http://127.0.0.1:{ports['s3']}", proc)
     deadline = time.time() + 60
-    while True:  # ready when a bucket can be created through S3
+    while True:  # ready when a bucket can be created and a multipart-sized object written
         try:
             server.fs().create_dir("readiness")
+            with server.fs().open_output_stream("readiness/probe") as f:
+                f.write(b"x" * (6 << 20))
             break
         except OSError:
             if time.time() > deadline or proc.poll() is not None:

@@ -54,9 +54,16 @@ def head(tmp_path_factory):
 def submit(client, script: str, *args: str) -> str:
     from ray.job_submission import JobStatus
 
-    job = client.submit_job(entrypoint=" ".join([sys.executable, f"jobs/{script}.py", *map(repr, args)]),
-                            runtime_env={"working_dir": str(ROOT),
-                                         "excludes": [".venv", ".git", "runs", "*.egg-info"]})
+    for attempt in range(60):  # the head's job agent comes up a little after its HTTP API
+        try:
+            job = client.submit_job(entrypoint=" ".join([sys.executable, f"jobs/{script}.py", *map(repr, args)]),
+                                    runtime_env={"working_dir": str(ROOT),
+                                                 "excludes": [".venv", ".git", "runs", "*.egg-info"]})
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or attempt == 59:
+                raise
+            time.sleep(1)
     deadline = time.time() + 300
     while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
         assert time.time() < deadline, f"{script} job timed out"
