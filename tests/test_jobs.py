@@ -24,8 +24,13 @@ def head(tmp_path_factory):
     ray_exe = str(Path(sys.executable).parent / "ray")
     port, dash = free_port(), free_port()
     temp = tmp_path_factory.mktemp("rayhead")
+    # Every port explicit and free: the session's own Ray already holds the defaults (agent 52365...).
+    ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+             f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
+             f"--object-manager-port={free_port()}"]
     proc = subprocess.Popen([ray_exe, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", *ports,
                              f"--temp-dir={temp}", "--include-dashboard=true", "--disable-usage-stats"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "RAY_ADDRESS": ""})  # token: see conftest
