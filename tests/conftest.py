@@ -160,20 +160,24 @@ class S3Server:
                                  force_virtual_addressing=False)
 
     def bucket(self, name: str) -> str:
+        """Create a bucket and wait until it accepts writes."""
         self.fs().create_dir(name)
+        self.put(f"{name}/.ready", b"ok")
         return f"s3://{name}"
 
-    def put(self, key: str, data: bytes, attempts: int = 5) -> None:
-        """Write one object; SeaweedFS answers a transient 500 now and then while volumes grow."""
-        for i in range(attempts):
+    def put(self, key: str, data: bytes, timeout_s: float = 60.0) -> None:
+        """Write one object. SeaweedFS gives each bucket its own volume collection, grown on first
+        write; until it exists, writes fail with a 500 for a few seconds (longer on a busy machine)."""
+        deadline = time.time() + timeout_s
+        while True:
             try:
                 with self.fs().open_output_stream(key) as f:
                     f.write(data)
                 return
             except OSError:
-                if i == attempts - 1:
+                if time.time() > deadline:
                     raise
-                time.sleep(0.5 * (i + 1))
+                time.sleep(1.0)
 
     def upload_dir(self, local: Path, uri: str) -> None:
         base = uri[len("s3://"):]
@@ -199,7 +203,7 @@ def s3_server(tmp_path_factory):
     ports = {k: free_port() for k in ("master", "master.grpc", "volume", "volume.grpc", "filer",
                                       "filer.grpc", "s3", "s3.grpc")}
     cmd = [_weed(), "server", f"-dir={d}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
-           "-volume.max=20", "-s3", f"-s3.config={d / 's3.json'}",
+           "-volume.max=300", "-master.volumeSizeLimitMB=64", "-s3", f"-s3.config={d / 's3.json'}",
            *[f"-{k.replace('.grpc', '.port.grpc') if 'grpc' in k else k + '.port'}={v}" for k, v in ports.items()]]
     log = open(d / "weed.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
