@@ -100,12 +100,13 @@ class Restorer:
     rows to result rows, one each, never raising for a bad file."""
 
     def __init__(self, model_bytes: bytes, storage: StorageConfig, stride: int, tile_batch: int,
-                 max_pixels: int, png_level: int, threads: int, input_uri: str):
+                 max_pixels: int, png_level: int, threads: int, input_uri: str, gpu: bool = False):
         if threads > 0:
             torch.set_num_threads(threads)
         state = ckpt.parse(model_bytes)
         self.model_id = ckpt.model_id(model_bytes)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # The device follows the config (--gpu), never what happens to be installed on the node.
+        self.device = torch.accelerator.current_accelerator() if gpu else torch.device("cpu")
         self.model = ckpt.model_from_state(state).to(self.device)
         self.stride = stride or int(state.get("inference", {}).get("stride", 0)) or \
             default_stride(self.model.config.patch_size)
@@ -174,7 +175,7 @@ def run_pipeline(files: list[dict], model_bytes: bytes, cfg: RestoreConfig, out_
                                "storage": cfg.storage.with_environment(), "stride": cfg.stride,
                                "tile_batch": cfg.tile_batch, "max_pixels": cfg.max_pixels,
                                "png_level": cfg.png_level, "threads": max(1, int(cpus + 0.5)),
-                               "input_uri": cfg.input},
+                               "input_uri": cfg.input, "gpu": cfg.gpu},
         batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus, num_gpus=gpus,
