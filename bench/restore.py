@@ -13,11 +13,9 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -29,36 +27,10 @@ from raeae.data import SAMPLE_TRAIN, sample_dir
 from raeae.demo import demo_model
 from raeae.evaluate import make_noisy
 from raeae.images import decode
+from raeae.metrics import PeakMemory
 from raeae.model import build_model
-from raeae.restore import SCHEMA, Restorer, RestoreConfig, restore
+from raeae.restore import Restorer, RestoreConfig, object_store_stats, restore
 from raeae.storage import StorageConfig, list_images
-
-
-class PeakPss:
-    """Samples the summed PSS of every process on the machine (Ray's workers included)."""
-
-    def __init__(self, every_s: float = 0.5):
-        self.peak, self.every, self._stop = 0, every_s, threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            total = 0
-            for p in psutil.process_iter():
-                try:
-                    total += p.memory_full_info().pss
-                except (psutil.Error, AttributeError):
-                    pass
-            self.peak = max(self.peak, total)
-            self._stop.wait(self.every)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
 
 
 def make_collection(folder: str, n: int, seed: int = 0) -> None:
@@ -81,13 +53,13 @@ def plain(model_path: str, folder: str, out: str, batch: int = RestoreConfig().b
     r = Restorer(ckpt.read_checkpoint_bytes(model_path), StorageConfig(), 0, 4096, 10**8, 1,
                  torch.get_num_threads(), folder)
     t0 = time.perf_counter()
-    writer, tables = None, []
+    tables = []
     os.makedirs(out, exist_ok=True)
     for i in range(0, len(files), batch):
         chunk = files[i:i + batch]
         tables.append(r({"path": [f["path"] for f in chunk], "size": [f["size"] for f in chunk],
                          "mtime": [f["mtime"] for f in chunk]}))
-        if sum(len(t) for t in tables) >= 2000:
+        if sum(t.nbytes for t in tables) >= RestoreConfig().file_mb * 2**20:  # same files as Ray Data
             pq.write_table(pa.concat_tables(tables), f"{out}/part-{i:06d}.parquet")
             tables = []
     if tables:
@@ -115,30 +87,37 @@ def main(argv=None) -> int:
         cfg = demo_model()
         model_path = f"{work}/model"
         ckpt.save(ckpt.checkpoint_state(build_model(cfg), cfg), model_path)
-    ray.init(log_to_driver=False)
     rows = []
     for scale in [float(s) for s in a.scales.split(",")]:
         n = int(a.images * scale)
         folder = f"{work}/images-{n}"
         if not os.path.isdir(folder):
             make_collection(folder, n)
+        # A fresh Ray per collection size, so one size's object-store pages and task history do not
+        # count against the next.
+        ray.init(log_to_driver=False)
         for name in ("plain loop", "Ray Data"):
             out = f"{work}/out-{name.replace(' ', '-')}-{n}"
             shutil.rmtree(out, ignore_errors=True)
-            with PeakPss() as mem:
+            store = lambda: (object_store_stats() or {}).get("used_bytes")  # noqa: E731
+            with PeakMemory(gauge=store) as mem:
                 if name == "plain loop":
                     r = plain(model_path, folder, out)
                 else:
                     s = restore(RestoreConfig(model=model_path, input=folder, output=out))
                     r = {"images_per_s": s["images_per_s"], "megapixels_per_s": s["megapixels_per_s"],
                          "wall_s": s["wall_s"]}
-            rows.append({"images": n, "setup": name, **r, "peak_pss_gib": mem.peak / 2**30})
-    print(f"\n| images | setup | images/s | MP/s | ratio to plain | wall s | peak PSS GiB (all processes) |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+            rows.append({"images": n, "setup": name, **r, "peak_pss_gib": mem.peak_pss / 2**30,
+                         "peak_object_store_mib": mem.peak_gauge / 2**20})
+        ray.shutdown()
+    print(f"\n| images | setup | images/s | MP/s | ratio to plain | wall s | peak PSS GiB (all processes) "
+          f"| peak object store MiB |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         base = next(x for x in rows if x["images"] == r["images"] and x["setup"] == "plain loop")
         print(f"| {r['images']} | {r['setup']} | {r['images_per_s']:.1f} | {r['megapixels_per_s']:.2f} | "
-              f"{r['images_per_s'] / base['images_per_s']:.2f} | {r['wall_s']:.1f} | {r['peak_pss_gib']:.2f} |")
+              f"{r['images_per_s'] / base['images_per_s']:.2f} | {r['wall_s']:.1f} | {r['peak_pss_gib']:.2f} | "
+              f"{r['peak_object_store_mib']:.0f} |")
     os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
     with open(a.json, "w") as f:
         json.dump(rows, f, indent=2)

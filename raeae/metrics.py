@@ -1,8 +1,11 @@
-"""Image-quality metrics on uint8 images or [0, 1] tensors."""
+"""Image-quality metrics on uint8 images or [0, 1] tensors, and a peak-memory sampler for the
+benchmarks and resource tests."""
 
 from __future__ import annotations
 
 import math
+import threading
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,3 +32,46 @@ def batch_psnr(clean: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     q = other.clamp(0, 1).mul(255).round().div(255)
     mse = (clean - q).pow(2).flatten(1).mean(1).clamp_min(1e-12)
     return 10.0 * torch.log10(1.0 / mse)
+
+
+class PeakMemory:
+    """Samples, in a background thread, the summed PSS of every process on the machine (Ray's
+    workers, raylet and object store included; PSS shares each shared page out among the processes
+    that map it, so the sum counts it once) and optionally a second gauge such as the Ray object
+    store's used bytes; keeps the peaks. Use as a context manager."""
+
+    def __init__(self, every_s: float = 0.25, gauge: Callable[[], int | None] | None = None):
+        self.peak_pss = self.peak_gauge = 0
+        self.every, self.gauge, self._stop = every_s, gauge, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def total_pss() -> int:
+        import psutil
+
+        total = 0
+        for p in psutil.process_iter():
+            try:
+                total += p.memory_full_info().pss
+            except (psutil.Error, AttributeError):  # gone, or not ours to read
+                pass
+        return total
+
+    def _sample(self) -> None:
+        self.peak_pss = max(self.peak_pss, self.total_pss())
+        if self.gauge is not None:
+            self.peak_gauge = max(self.peak_gauge, self.gauge() or 0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()

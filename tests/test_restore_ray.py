@@ -45,10 +45,10 @@ def test_restore_folder_mixed_sizes_and_bad_files(ray_session, tmp_path, noisy_f
                                                   trained_checkpoint):
     out = tmp_path / "restored"
     assert main(["restore", "--model", str(trained_checkpoint), "--input", str(noisy_folder),
-                 "--output", str(out), "--rows-per-file", "3"]) == 0
+                 "--output", str(out), "--file-mb", "0.01", "--batch-size", "3"]) == 0
     table = pq.read_table(out)
     check_rows(table, noisy_folder, clean_photos)
-    assert len(list(out.glob("*.parquet"))) >= 2  # rows_per_file respected
+    assert len(list(out.glob("*.parquet"))) >= 2  # small --file-mb: a file per block
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["rows"] == summary["files"] == len(table) and summary["errors"] == 2
     assert summary["ok"] + summary["errors"] == summary["rows"] and summary["images_per_s"] > 0
@@ -105,7 +105,8 @@ def test_bad_credentials_and_endpoint_fail_with_one_line(s3_env, monkeypatch, ca
 def test_evaluate_scores_a_restore_output_against_clean_images(ray_session, tmp_path, noisy_folder, clean_photos,
                                                                trained_checkpoint, capsys):
     out = tmp_path / "restored"
-    restore(RestoreConfig(model=str(trained_checkpoint), input=str(noisy_folder), output=str(out)))
+    restore(RestoreConfig(model=str(trained_checkpoint), input=str(noisy_folder), output=str(out), batch_size=2))
+    assert len(list(out.glob("*.parquet"))) == 1  # many small blocks, gathered into one file
     assert main(["evaluate", "--restored", str(out), "--data", str(clean_photos)]) == 0
     table = capsys.readouterr().out
     rows = {l.split("|")[1].strip(): float(l.split("|")[2]) for l in table.splitlines() if l.startswith("| ")
