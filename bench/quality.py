@@ -13,10 +13,11 @@ PSNR is a little higher than the unclipped float noise of the published protocol
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+
+from _report import print_table, write_json
 
 from raeae.corrupt import NoiseConfig
 from raeae.evaluate import EvaluateConfig, evaluate
@@ -69,15 +70,13 @@ def main(argv=None) -> int:
     names = list(rows[0]["methods"])
     print(f"\nBSD68 ({rows[0]['images']} images), PSNR dB / SSIM; raeae trained {a.minutes:g} min per σ on "
           f"{a.train} ({cpus} CPUs)\n")
-    print("| σ | " + " | ".join(names) + " | published BM3D / MLP / DnCNN | raeae train min |")
-    print("|---" * (len(names) + 3) + "|")
+    table = []
     for r in rows:
         cells = [f"{r['methods'][n]['psnr']:.2f} / {r['methods'][n]['ssim']:.3f}" for n in names]
         pub = " / ".join("-" if v is None else f"{v:.2f}" for v in r["published"].values()) or "-"
-        print(f"| {r['sigma']:g} | " + " | ".join(cells) + f" | {pub} | {r['train_minutes']:.1f} |")
-    os.makedirs(a.out, exist_ok=True)
-    with open(f"{a.out}/quality.json", "w") as f:
-        json.dump(rows, f, indent=2)
+        table.append([f"{r['sigma']:g}", *cells, pub, f"{r['train_minutes']:.1f}"])
+    print_table(["σ", *names, "published BM3D / MLP / DnCNN", "raeae train min"], table)
+    write_json(f"{a.out}/quality.json", rows)
     return 0
 
 

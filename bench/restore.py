@@ -1,6 +1,7 @@
 """Restore throughput: a plain single-process loop vs the Ray Data pipeline, same files, same work
 (read -> decode -> tile -> model -> stitch -> PNG encode -> Parquet), measured in one run, at 1x and
-4x collection sizes; with the peak memory (PSS) summed over all processes.
+4x collection sizes; with the peak memory (PSS) summed over all processes and the Ray object store's
+peak. Each setup runs in a fresh process of its own (Ray Data on a fresh local Ray), as a user runs it.
 
     .venv/bin/python bench/restore.py --images 5000 --scales 1,4 [--model CKPT]
 """
@@ -11,6 +12,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
+
+from _report import print_table, write_json
 
 from raeae import checkpoint as ckpt
 from raeae.corrupt import NoiseConfig
@@ -70,6 +74,31 @@ def plain(model_path: str, folder: str, out: str, batch: int = RestoreConfig().b
     return {"images_per_s": len(files) / wall, "megapixels_per_s": pixels / 1e6 / wall, "wall_s": wall}
 
 
+def ray_data(model_path: str, folder: str, out: str) -> dict:
+    """The Ray Data pipeline (`raeae restore`) on a fresh local Ray, as a user runs it."""
+    import ray
+
+    ray.init(log_to_driver=False)
+    store = lambda: (object_store_stats() or {}).get("used_bytes")  # noqa: E731
+    with PeakMemory(every_s=1.0, gauge=store, pss=False) as mem:
+        s = restore(RestoreConfig(model=model_path, input=folder, output=out))
+    return {"images_per_s": s["images_per_s"], "megapixels_per_s": s["megapixels_per_s"], "wall_s": s["wall_s"],
+            "peak_object_store_mib": mem.peak_gauge / 2**20}
+
+
+def measure(setup: str, model_path: str, folder: str, out: str) -> dict:
+    """Run one setup in its own process (nothing left over from the other), sampling the PSS of every
+    process on the machine from here once a second (a sample costs ~50 ms of CPU)."""
+    result = out + ".json"
+    cmd = [sys.executable, __file__, "--one", setup, "--model", model_path, "--folder", folder, "--out", out,
+           "--json", result]
+    with PeakMemory(every_s=1.0) as mem:
+        subprocess.run(cmd, check=True)
+    with open(result) as f:
+        r = json.load(f)
+    return {"peak_object_store_mib": 0.0, **r, "peak_pss_gib": mem.peak_pss / 2**30}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=5000, help="images at scale 1")
@@ -78,8 +107,15 @@ def main(argv=None) -> int:
                                                "does not depend on the weights)")
     p.add_argument("--workdir", default="", help="scratch folder (default: a temporary one)")
     p.add_argument("--json", default="runs/bench-restore.json")
+    p.add_argument("--one", choices=("plain", "ray"), help=argparse.SUPPRESS)  # one measured setup (child)
+    p.add_argument("--folder", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    import ray
+    if a.one:
+        r = (plain if a.one == "plain" else ray_data)(a.model, a.folder, a.out)
+        with open(a.json, "w") as f:
+            json.dump(r, f)
+        return 0
 
     work = a.workdir or tempfile.mkdtemp(prefix="raeae-bench-")
     model_path = a.model
@@ -93,34 +129,20 @@ def main(argv=None) -> int:
         folder = f"{work}/images-{n}"
         if not os.path.isdir(folder):
             make_collection(folder, n)
-        # A fresh Ray per collection size, so one size's object-store pages and task history do not
-        # count against the next.
-        ray.init(log_to_driver=False)
-        for name in ("plain loop", "Ray Data"):
+        for setup, name in (("plain", "plain loop"), ("ray", "Ray Data")):
             out = f"{work}/out-{name.replace(' ', '-')}-{n}"
             shutil.rmtree(out, ignore_errors=True)
-            store = lambda: (object_store_stats() or {}).get("used_bytes")  # noqa: E731
-            with PeakMemory(gauge=store) as mem:
-                if name == "plain loop":
-                    r = plain(model_path, folder, out)
-                else:
-                    s = restore(RestoreConfig(model=model_path, input=folder, output=out))
-                    r = {"images_per_s": s["images_per_s"], "megapixels_per_s": s["megapixels_per_s"],
-                         "wall_s": s["wall_s"]}
-            rows.append({"images": n, "setup": name, **r, "peak_pss_gib": mem.peak_pss / 2**30,
-                         "peak_object_store_mib": mem.peak_gauge / 2**20})
-        ray.shutdown()
-    print(f"\n| images | setup | images/s | MP/s | ratio to plain | wall s | peak PSS GiB (all processes) "
-          f"| peak object store MiB |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+            rows.append({"images": n, "setup": name, **measure(setup, model_path, folder, out)})
+    print()
+    table = []
     for r in rows:
         base = next(x for x in rows if x["images"] == r["images"] and x["setup"] == "plain loop")
-        print(f"| {r['images']} | {r['setup']} | {r['images_per_s']:.1f} | {r['megapixels_per_s']:.2f} | "
-              f"{r['images_per_s'] / base['images_per_s']:.2f} | {r['wall_s']:.1f} | {r['peak_pss_gib']:.2f} | "
-              f"{r['peak_object_store_mib']:.0f} |")
-    os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
-    with open(a.json, "w") as f:
-        json.dump(rows, f, indent=2)
+        table.append([str(r["images"]), r["setup"], f"{r['images_per_s']:.1f}", f"{r['megapixels_per_s']:.2f}",
+                      f"{r['images_per_s'] / base['images_per_s']:.2f}", f"{r['wall_s']:.1f}",
+                      f"{r['peak_pss_gib']:.2f}", f"{r['peak_object_store_mib']:.0f}"])
+    print_table(["images", "setup", "images/s", "MP/s", "ratio to plain", "wall s", "peak PSS GiB (all processes)",
+                 "peak object store MiB"], table, right={0, 2, 3, 4, 5, 6, 7})
+    write_json(a.json, rows)
     return 0
 
 

@@ -10,13 +10,14 @@ rest of ``TorchTrainer.fit()`` (Ray start of the controller and workers, dataset
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
 
 import torch
+
+from _report import print_table, write_json
 
 from raeae.corrupt import NoiseConfig
 from raeae.data import arrays_from_rows, load_source
@@ -76,15 +77,15 @@ def main(argv=None) -> int:
     base = rows["plain loop (1 process)"]["samples_per_s"]
     print(f"\nmodel {cfg.model.features}-{list(cfg.model.hidden)}-{cfg.model.latent}-"
           f"{list(cfg.model.decoder_hidden)}, global batch {a.batch_size}, {a.epochs} epochs, {a.data}\n")
-    print("| setup | loop samples/s | ratio to plain | loop s | fit() s | fit overhead s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    table = []
     for name, r in rows.items():
         fit = f"{r['fit_s']:.1f}" if r["fit_s"] else "-"
         over = f"{r['fit_s'] - r['loop_s']:.1f}" if r["fit_s"] else "-"
-        print(f"| {name} | {r['samples_per_s']:.0f} | {r['samples_per_s'] / base:.2f} | {r['loop_s']:.1f} | {fit} | {over} |")
-    os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
-    with open(a.json, "w") as f:
-        json.dump(rows, f, indent=2)
+        table.append([name, f"{r['samples_per_s']:.0f}", f"{r['samples_per_s'] / base:.2f}", f"{r['loop_s']:.1f}",
+                      fit, over])
+    print_table(["setup", "loop samples/s", "ratio to plain", "loop s", "fit() s", "fit overhead s"], table,
+                right={1, 2, 3, 4, 5})
+    write_json(a.json, rows)
     return 0
 
 

@@ -190,8 +190,24 @@ def run_pipeline(files: list[dict], model_bytes: bytes, cfg: RestoreConfig, out_
         num_cpus=cpus, num_gpus=gpus,
     )
     fs, path = resolve(out_uri, cfg.storage)
-    ds.write_parquet(path, filesystem=fs, min_bytes_per_file=int(cfg.file_mb * 2**20),
+    ds.write_parquet(path, filesystem=fs, min_bytes_per_file=_file_bytes(cfg),
                      ray_remote_args={"num_cpus": writer_cpus})
+
+
+def _file_bytes(cfg: RestoreConfig) -> int:
+    """Bytes gathered per Parquet file: --file-mb, but at most 1/8 of the smallest node's object store.
+    Ray Data stops the actors once its share of the store is full, and a writer still waiting for
+    --file-mb of rows would then wait forever (measured: an 80 MB store with --file-mb 1000 hung)."""
+    import ray
+
+    stores = [n["Resources"].get("object_store_memory", 0.0) for n in ray.nodes() if n.get("Alive")]
+    limit = int(min(stores) / 8) if stores and min(stores) > 0 else None
+    wanted = int(cfg.file_mb * 2**20)
+    if limit is not None and wanted > limit:
+        print(f"raeae restore: note: Parquet files gather {limit / 2**20:.0f} MB, not --file-mb "
+              f"{cfg.file_mb:g}: the object store ({min(stores) / 2**20:.0f} MB per node) is too small")
+        return max(1, limit)
+    return wanted
 
 
 def parquet_files(fs: pafs.FileSystem, path: str) -> list[str]:

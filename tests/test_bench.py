@@ -1,0 +1,57 @@
+"""Smoke runs of the bench scripts at toy sizes: each runs from the command line, prints its table and
+writes its JSON. Their numbers are not checked here; speed is measured by running the benchmarks, never
+in tests. The scripts join the session's Ray through RAY_ADDRESS (a fresh Ray costs ~10 s each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from raeae.data import copy_samples
+
+from conftest import ROOT
+from test_data import write_mnist
+
+pytestmark = pytest.mark.slow
+
+
+def run_bench(ray_session, script: str, *args: str) -> str:
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_bench_restore(ray_session, tmp_path):
+    out = run_bench(ray_session, "restore.py", "--images", "12", "--scales", "1,2", "--workdir", str(tmp_path),
+                    "--json", str(tmp_path / "r.json"))
+    assert "| images | setup | images/s |" in out
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["images"], r["setup"]) for r in rows] == [(12, "plain loop"), (12, "Ray Data"),
+                                                         (24, "plain loop"), (24, "Ray Data")]
+    assert all(r["images_per_s"] > 0 and r["peak_pss_gib"] > 0 for r in rows)
+
+
+def test_bench_train(ray_session, tmp_path):
+    (tmp_path / "mnist").mkdir()
+    write_mnist(tmp_path / "mnist", n=256, size=28)
+    out = run_bench(ray_session, "train.py", "--data", str(tmp_path / "mnist"), "--epochs", "1", "--batch-size", "64",
+                    "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "t.json"))
+    assert "| setup | loop samples/s |" in out
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert len(rows) == 3 and all(r["samples_per_s"] > 0 for r in rows.values())
+
+
+def test_bench_quality(ray_session, tmp_path):
+    copy_samples(tmp_path / "train", ("camera.png", "coins.png"))
+    copy_samples(tmp_path / "test", ("moon.png",))
+    out = run_bench(ray_session, "quality.py", "--train", str(tmp_path / "train"), "--test", str(tmp_path / "test"),
+                    "--sigmas", "25", "--minutes", "0.05", "--stride", "13", "--out", str(tmp_path / "q"))
+    assert "| σ |" in out and "| 25 |" in out
+    rows = json.loads((tmp_path / "q" / "quality.json").read_text())
+    assert rows[0]["sigma"] == 25 and rows[0]["methods"]["raeae"]["psnr"] > 0
