@@ -1,9 +1,11 @@
 """Run `raeae restore` on a 3-node local cluster (ray.cluster_utils.Cluster) and remove a worker node
-part-way. Run as a script by tests/test_node_loss.py, in its own process, because a process can only
+part-way: as soon as the first Parquet file appears (one file per block here), so the node goes while
+most of the work is still queued or running, however fast the machine is. Run as a script by tests/test_node_loss.py, in its own process, because a process can only
 be connected to one Ray cluster and the test session already has its own."""
 
 import json
 import sys
+from pathlib import Path
 import threading
 import time
 
@@ -13,7 +15,7 @@ from ray.cluster_utils import Cluster
 from raeae.restore import RestoreConfig, restore
 
 
-def main(model: str, input_: str, output: str, delay_s: float) -> None:
+def main(model: str, input_: str, output: str, timeout_s: float) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -21,13 +23,16 @@ def main(model: str, input_: str, output: str, delay_s: float) -> None:
     removed = {}
 
     def remove_a_worker() -> None:
-        time.sleep(delay_s)
+        t0 = time.time()
+        while not list(Path(output).glob("*.parquet")) and time.time() - t0 < timeout_s:
+            time.sleep(0.05)
+        files = len(list(Path(output).glob("*.parquet")))
         cluster.remove_node(workers[0], allow_graceful=False)
-        removed["at_s"] = delay_s
+        removed.update(at_s=round(time.time() - t0, 2), files_written_before=files)
 
     threading.Thread(target=remove_a_worker, daemon=True).start()
     summary = restore(RestoreConfig(model=model, input=input_, output=output, actors=2, cpus_per_actor=0.5,
-                                    batch_size=2))
+                                    batch_size=2, file_mb=0.001))
     print("RESULT " + json.dumps({**summary, "removed": removed, "nodes_alive": sum(n["Alive"] for n in ray.nodes())}))
     ray.shutdown()
     cluster.shutdown()

@@ -24,12 +24,13 @@ def test_node_removed_during_restore_every_input_once_and_ok(tmp_path, trained_c
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "node_loss_run.py"), str(trained_checkpoint),
-                           str(src), str(out), "8"], capture_output=True, text=True, timeout=600, env=env,
+                           str(src), str(out), "120"], capture_output=True, text=True, timeout=600, env=env,
                           cwd=ROOT)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     assert proc.returncode == 0 and line, (proc.stdout[-2000:], proc.stderr[-4000:])
     result = json.loads(line[len("RESULT "):])
     assert result["removed"], "the node was not removed during the run"
+    assert result["removed"]["files_written_before"] < 10, result["removed"]  # of 30 blocks: mid-run
     raw = pq.read_table(out)  # every Parquet file as written, no de-duplication
     paths = raw["path"].to_pylist()
     assert len(paths) == 60 and len(set(paths)) == 60
