@@ -41,6 +41,7 @@ def test_bench_train(ray_session, tmp_path):
     (tmp_path / "mnist").mkdir()
     write_mnist(tmp_path / "mnist", n=256, size=28)
     out = run_bench(ray_session, "train.py", "--data", str(tmp_path / "mnist"), "--epochs", "1", "--batch-size", "64",
+                    "--repeats", "1",
                     "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "t.json"))
     assert "| setup | loop samples/s |" in out
     rows = json.loads((tmp_path / "t.json").read_text())
