@@ -33,7 +33,7 @@ from raeae.evaluate import make_noisy
 from raeae.images import decode
 from raeae.metrics import PeakMemory
 from raeae.model import build_model
-from raeae.restore import Restorer, RestoreConfig, object_store_stats, restore
+from raeae.restore import Restorer, RestoreConfig, object_store_used, restore
 from raeae.storage import StorageConfig, list_images
 
 
@@ -51,19 +51,20 @@ def make_collection(folder: str, n: int, seed: int = 0) -> None:
             f"{folder}/{i:06d}.png", compress_level=1)
 
 
-def plain(model_path: str, folder: str, out: str, batch: int = RestoreConfig().batch_size) -> dict:
+def plain(model_path: str, folder: str, out: str) -> dict:
     """The same Restorer code, called on one batch after another in this process."""
     files = list_images(folder)
-    r = Restorer(ckpt.read_checkpoint_bytes(model_path), StorageConfig(), 0, 4096, 10**8, 1,
-                 torch.get_num_threads(), folder)
+    d = RestoreConfig()  # the defaults `raeae restore` runs with
+    r = Restorer(ckpt.read_checkpoint_bytes(model_path), StorageConfig(), d.stride, d.tile_batch, d.max_pixels,
+                 d.png_level, torch.get_num_threads(), folder)
     t0 = time.perf_counter()
     tables = []
     os.makedirs(out, exist_ok=True)
-    for i in range(0, len(files), batch):
-        chunk = files[i:i + batch]
+    for i in range(0, len(files), d.batch_size):
+        chunk = files[i:i + d.batch_size]
         tables.append(r({"path": [f["path"] for f in chunk], "size": [f["size"] for f in chunk],
                          "mtime": [f["mtime"] for f in chunk]}))
-        if sum(t.nbytes for t in tables) >= RestoreConfig().file_mb * 2**20:  # same files as Ray Data
+        if sum(t.nbytes for t in tables) >= d.file_mb * 2**20:  # same files as Ray Data
             pq.write_table(pa.concat_tables(tables), f"{out}/part-{i:06d}.parquet")
             tables = []
     if tables:
@@ -79,8 +80,7 @@ def ray_data(model_path: str, folder: str, out: str) -> dict:
     import ray
 
     ray.init(log_to_driver=False)
-    store = lambda: (object_store_stats() or {}).get("used_bytes")  # noqa: E731
-    with PeakMemory(every_s=1.0, gauge=store, pss=False) as mem:
+    with PeakMemory(every_s=1.0, gauge=object_store_used, pss=False) as mem:
         s = restore(RestoreConfig(model=model_path, input=folder, output=out))
     return {"images_per_s": s["images_per_s"], "megapixels_per_s": s["megapixels_per_s"], "wall_s": s["wall_s"],
             "peak_object_store_mib": mem.peak_gauge / 2**20}

@@ -141,9 +141,15 @@ class Restorer:
         return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-def _actor_shape(cfg: RestoreConfig) -> tuple[int, float, float, float]:
+def _alive_node_resources() -> list[dict]:
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def _actor_shape(cfg: RestoreConfig, nodes: list[dict]) -> tuple[int, float, float, float]:
     """(actors, CPUs per actor, GPUs per actor, CPUs per Parquet write task) from the config and the
-    cluster's resources."""
+    cluster's resources (``nodes``: each alive node's resources)."""
     import ray
 
     res = ray.cluster_resources()
@@ -152,7 +158,7 @@ def _actor_shape(cfg: RestoreConfig) -> tuple[int, float, float, float]:
         raise ValueError("--gpu was given but the Ray cluster has no GPUs")
     actors = cfg.actors or (int(gpus) if cfg.gpu else max(1, int(cpus)))
     # An actor must fit on one node: never ask for more CPUs than the largest node has.
-    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=cpus)
+    largest = max((n.get("CPU", 0.0) for n in nodes), default=cpus)
     cpus_per_actor = cfg.cpus_per_actor or max(0.1, round(min(0.75 * cpus / actors, largest), 2))
     # Write tasks must fit in what the actors leave: a 1-CPU write task never schedules next to
     # actors holding 1.5 of 2 CPUs, and then every restored block waits in the object store until
@@ -173,7 +179,8 @@ def run_pipeline(files: list[dict], model_bytes: bytes, cfg: RestoreConfig, out_
     import ray
     import ray.data
 
-    actors, cpus, gpus, writer_cpus = _actor_shape(cfg)
+    nodes = _alive_node_resources()
+    actors, cpus, gpus, writer_cpus = _actor_shape(cfg, nodes)
     items = [{"path": f["path"], "size": int(f["size"]),
               "mtime": float(f["mtime"]) if f["mtime"] is not None else float("nan")} for f in _work_list(files)]
     blocks = max(1, math.ceil(len(items) / cfg.batch_size))
@@ -190,17 +197,15 @@ def run_pipeline(files: list[dict], model_bytes: bytes, cfg: RestoreConfig, out_
         num_cpus=cpus, num_gpus=gpus,
     )
     fs, path = resolve(out_uri, cfg.storage)
-    ds.write_parquet(path, filesystem=fs, min_bytes_per_file=_file_bytes(cfg),
+    ds.write_parquet(path, filesystem=fs, min_bytes_per_file=_file_bytes(cfg, nodes),
                      ray_remote_args={"num_cpus": writer_cpus})
 
 
-def _file_bytes(cfg: RestoreConfig) -> int:
+def _file_bytes(cfg: RestoreConfig, nodes: list[dict]) -> int:
     """Bytes gathered per Parquet file: --file-mb, but at most 1/8 of the smallest node's object store.
     Ray Data stops the actors once its share of the store is full, and a writer still waiting for
     --file-mb of rows would then wait forever (measured: an 80 MB store with --file-mb 1000 hung)."""
-    import ray
-
-    stores = [n["Resources"].get("object_store_memory", 0.0) for n in ray.nodes() if n.get("Alive")]
+    stores = [n.get("object_store_memory", 0.0) for n in nodes]
     limit = int(min(stores) / 8) if stores and min(stores) > 0 else None
     wanted = int(cfg.file_mb * 2**20)
     if limit is not None and wanted > limit:
@@ -256,8 +261,12 @@ def object_store_stats() -> dict | None:
 
 def spilled_bytes() -> int | None:
     """Bytes Ray has spilled from the object store to disk so far (None if Ray cannot say)."""
-    stats = object_store_stats()
-    return None if stats is None else stats["spilled_bytes"]
+    return (object_store_stats() or {}).get("spilled_bytes")
+
+
+def object_store_used() -> int | None:
+    """Bytes in the object store now (None if Ray cannot say); a gauge for ``PeakMemory``."""
+    return (object_store_stats() or {}).get("used_bytes")
 
 
 def _ensure_empty(fs: pafs.FileSystem, path: str, uri: str) -> None:

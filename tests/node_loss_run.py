@@ -1,13 +1,14 @@
 """Run `raeae restore` on a 3-node local cluster (ray.cluster_utils.Cluster) and remove a worker node
 part-way: as soon as the first Parquet file appears (one file per block here), so the node goes while
-most of the work is still queued or running, however fast the machine is. Run as a script by tests/test_node_loss.py, in its own process, because a process can only
-be connected to one Ray cluster and the test session already has its own."""
+most of the work is still queued or running, however fast the machine is. Run as a script by
+tests/test_node_loss.py, in its own process, because a process can only be connected to one Ray
+cluster and the test session already has its own."""
 
 import json
 import sys
-from pathlib import Path
 import threading
 import time
+from pathlib import Path
 
 import ray
 from ray.cluster_utils import Cluster

@@ -16,7 +16,7 @@ import pytest
 from raeae import checkpoint as ckpt
 from raeae.metrics import PeakMemory
 from raeae.model import ModelConfig, build_model
-from raeae.restore import RestoreConfig, object_store_stats, restore
+from raeae.restore import RestoreConfig, object_store_used, restore
 
 from conftest import png_bytes
 
@@ -55,8 +55,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def restore_measured(model: Path, folder: Path, out: Path, file_mb: float) -> tuple[dict, PeakMemory]:
-    store = lambda: (object_store_stats() or {}).get("used_bytes")  # noqa: E731
-    with PeakMemory(every_s=0.5, gauge=store) as mem:
+    with PeakMemory(every_s=0.5, gauge=object_store_used) as mem:
         summary = restore(RestoreConfig(model=str(model), input=str(folder), output=str(out), file_mb=file_mb,
                                         batch_size=4))
     return summary, mem
