@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import torch
 
 from raeae.model import DenseAutoencoder, ModelConfig, build_model
-from raeae.storage import StorageConfig, StorageError, explain, read_bytes, resolve, write_bytes
+from raeae.storage import StorageConfig, StorageError, explain, read_bytes, resolve
 
 CHECKPOINT_FILE = "model.pt"
 FORMAT_VERSION = 1

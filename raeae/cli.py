@@ -9,37 +9,58 @@ from __future__ import annotations
 import argparse
 import sys
 
+from raeae import __version__
 from raeae.checkpoint import CheckpointError
-from raeae.cliutil import add_config_flags, config_from_args
+from raeae.cliutil import add_config_flags, config_from_args, given
+from raeae.cluster import RayConnectionError
 from raeae.storage import StorageError
 
 # Errors that are the user's to fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, StorageError, CheckpointError, FileNotFoundError, PermissionError)
+USER_ERRORS = (ValueError, StorageError, CheckpointError, FileNotFoundError, PermissionError, RayConnectionError)
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """The training config a command line asks for: the preset's recipe (auto: digits for IDX data,
+    photo otherwise) with every flag the user gave on top. ``--max-minutes`` without ``--epochs``
+    trains until the budget is spent, whatever the preset's epoch count."""
+    from raeae.storage import StorageConfig
+    from raeae.train import Preset, TrainConfig, detect_preset
+
+    preset = Preset(args.preset)
+    if preset is Preset.AUTO:
+        storage = config_from_args(StorageConfig, args)
+        preset = detect_preset(args.data or "", storage)
+    base = preset.config()
+    if given(args, "max_minutes") and not given(args, "epochs"):
+        args.epochs = 0
+    return preset, config_from_args(TrainConfig, args, base=base)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from raeae.train import TrainConfig, train
+    from raeae.train import train
 
-    cfg = config_from_args(TrainConfig, args)
-    result = train(cfg)
-    print(f"raeae train: best epoch {result.best_epoch}: validation PSNR noisy {result.best_val_psnr_noisy:.2f} dB"
-          f" -> model {result.best_val_psnr:.2f} dB (+{result.best_val_psnr - result.best_val_psnr_noisy:.2f} dB)")
-    print(f"raeae train: fit {result.fit_s:.1f} s, of which training loops {result.loop_s:.1f} s; "
-          f"checkpoint: {result.checkpoint_uri}")
+    preset, cfg = train_config_from_args(args)
+    print(f"raeae train: preset {preset.value}")
+    r = train(cfg, verbose=args.verbose)
+    print(f"raeae train: run {r.run_name}: trained {r.epochs_trained} epoch(s) in {r.minutes_trained:.1f} min "
+          f"this time (stopped: {r.stopped or 'not yet'}); best epoch {r.best_epoch}: validation PSNR noisy "
+          f"{r.best_val_psnr_noisy:.2f} dB -> model {r.best_val_psnr:.2f} dB "
+          f"(+{r.best_val_psnr - r.best_val_psnr_noisy:.2f} dB)")
+    print(f"raeae train: checkpoint: {r.checkpoint_uri}")
     return 0
 
 
 def _restore(args: argparse.Namespace) -> int:
     from raeae.restore import RestoreConfig, restore
 
-    summary = restore(config_from_args(RestoreConfig, args))
+    summary = restore(config_from_args(RestoreConfig, args), verbose=args.verbose)
     return 0 if summary["rows"] == summary["files"] else 1
 
 
 def _nightly(args: argparse.Namespace) -> int:
     from raeae.nightly import NightlyConfig, nightly
 
-    nightly(config_from_args(NightlyConfig, args))
+    nightly(config_from_args(NightlyConfig, args), verbose=args.verbose)
     return 0
 
 
@@ -60,7 +81,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from raeae.demo import DemoConfig, demo
 
-    demo(config_from_args(DemoConfig, args))
+    demo(config_from_args(DemoConfig, args), verbose=args.verbose)
     return 0
 
 
@@ -70,10 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     from raeae.export import ExportConfig
     from raeae.nightly import NightlyConfig
     from raeae.restore import RestoreConfig
-    from raeae.train import TrainConfig
+    from raeae.train import Preset, TrainConfig
 
     parser = argparse.ArgumentParser(prog="raeae", description="Distributed batch image restoration with a "
                                      "dense denoising autoencoder (Ray Train + Ray Data).")
+    parser.add_argument("--version", action="version", version=f"raeae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = [
         ("train", TrainConfig, _train, "train a denoising autoencoder on Ray Train"),
@@ -87,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip().splitlines()[0])
         # nightly reads --archive; its nested restore settings take their input from there
         add_config_flags(p, cls, skip=("input",) if cls is NightlyConfig else ())
+        p.add_argument("--verbose", action="store_true",
+                       help="show Ray's own log lines and every worker's output [default: off, quiet]")
+        if cls is TrainConfig:
+            p.add_argument("--preset", choices=[e.value for e in Preset], default=Preset.AUTO.value,
+                           help="recipe the unset flags come from: photo (13x13 residual net, cosine lr "
+                                "3e-4, flips, 10 min), digits (MNIST net, lr 3e-3, 10 epochs), auto = "
+                                "digits for MNIST IDX data, photo otherwise [default: auto]")
         p.set_defaults(func=fn)
     return parser
 

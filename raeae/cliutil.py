@@ -65,8 +65,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
             parser.add_argument(flag, dest=f.name, type=tp, default=None, metavar=f.name.upper(), help=help_text)
 
 
-def config_from_args(cls: type, args: argparse.Namespace, **fixed):
-    """Build ``cls`` from parsed flags: flags left unset keep the field defaults."""
+def config_from_args(cls: type, args: argparse.Namespace, base=None, **fixed):
+    """Build ``cls`` from parsed flags: flags left unset keep ``base``'s values (a preset's recipe),
+    or the field defaults when there is no base."""
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -74,10 +75,17 @@ def config_from_args(cls: type, args: argparse.Namespace, **fixed):
         if f.name in fixed:
             kwargs[f.name] = fixed[f.name]
         elif _is_config(tp):
-            kwargs[f.name] = config_from_args(tp, args, **fixed)
+            kwargs[f.name] = config_from_args(tp, args, getattr(base, f.name, None), **fixed)
         else:
             value = getattr(args, f.name, None)
             if value is None:
+                if base is not None:
+                    kwargs[f.name] = getattr(base, f.name)
                 continue
             kwargs[f.name] = tp(value) if isinstance(tp, type) and issubclass(tp, enum.Enum) else value
     return cls(**kwargs)
+
+
+def given(args: argparse.Namespace, name: str) -> bool:
+    """Whether the user gave flag ``name`` (unset flags parse to None)."""
+    return getattr(args, name, None) is not None

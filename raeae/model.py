@@ -104,6 +104,20 @@ def _mlp(widths: list[int], activation: Activation) -> list[nn.Module]:
     return layers
 
 
+def photo_config(channels: int = 1) -> ModelConfig:
+    """The photograph recipe's network: 13×13 patches, one 1024-wide layer each side of a 512 latent,
+    residual (the net predicts the noise). Measured best in 10 CPU minutes on BSD68 σ=25 (28.08 dB)
+    against wider, deeper and 12×12/17×17 variants on 2 cores."""
+    return ModelConfig(patch_size=13, channels=channels, hidden=(1024,), latent=512, decoder_hidden=(1024,),
+                       residual=True)
+
+
+def digits_config() -> ModelConfig:
+    """The digits recipe's network: a whole 28×28 MNIST digit per patch, 1024-128-1024, sigmoid head
+    (the ``ModelConfig`` defaults)."""
+    return ModelConfig()
+
+
 def seed_config(patch_size: int = 28) -> ModelConfig:
     """The seed's MNIST network: encoder 784->128->128, decoder 128->784, sigmoid output."""
     return ModelConfig(patch_size=patch_size, hidden=(128,), latent=128, decoder_hidden=())

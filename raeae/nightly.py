@@ -28,6 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raeae import checkpoint as ckpt
+from raeae.cluster import connect
 from raeae.restore import SCHEMA, RestoreConfig, parquet_files, print_summary, run_pipeline, summarise
 from raeae.storage import StorageConfig, StorageError, explain, list_images, resolve
 
@@ -154,9 +155,8 @@ def _clean_uncommitted(fs: pafs.FileSystem, root: str, committed_ids: set[str]) 
     return removed
 
 
-def nightly(cfg: NightlyConfig) -> dict:
+def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
     """One nightly run: list, select what is new, restore it, commit. Returns the manifest."""
-    import ray
 
     for name in ("model", "archive", "output"):
         if not getattr(cfg, name):
@@ -186,8 +186,7 @@ def nightly(cfg: NightlyConfig) -> dict:
     run_dir = posixpath.join(root, f"run={run_id}")
     t0 = time.perf_counter()
     if todo:
-        if not ray.is_initialized():
-            ray.init()
+        connect(verbose)
         restore_cfg = RestoreConfig(**{**cfg.restore.__dict__, "model": cfg.model, "input": cfg.archive,
                                        "output": cfg.output})
         out_uri = f"{cfg.output.rstrip('/')}/run={run_id}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import posixpath
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from raeae import checkpoint as ckpt
+from raeae.cluster import connect, show_progress
 from raeae.images import DEFAULT_MAX_PIXELS, channels, decode, encode_png
 from raeae.inference import default_stride, restore_array
 from raeae.storage import StorageConfig, StorageError, explain, list_images, read_bytes, resolve, write_bytes
@@ -147,16 +147,17 @@ def _alive_node_resources() -> list[dict]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
-def _actor_shape(cfg: RestoreConfig, nodes: list[dict]) -> tuple[int, float, float, float]:
+def _actor_shape(cfg: RestoreConfig, nodes: list[dict], blocks: int) -> tuple[int, float, float, float]:
     """(actors, CPUs per actor, GPUs per actor, CPUs per Parquet write task) from the config and the
-    cluster's resources (``nodes``: each alive node's resources)."""
+    cluster's resources (``nodes``: each alive node's resources). Never more actors than input blocks:
+    an actor with no block to work on only costs its start-up."""
     import ray
 
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
     if cfg.gpu and gpus < 1:
         raise ValueError("--gpu was given but the Ray cluster has no GPUs")
-    actors = cfg.actors or (int(gpus) if cfg.gpu else max(1, int(cpus)))
+    actors = cfg.actors or min(blocks, int(gpus) if cfg.gpu else max(1, int(cpus)))
     # An actor must fit on one node: never ask for more CPUs than the largest node has.
     largest = max((n.get("CPU", 0.0) for n in nodes), default=cpus)
     cpus_per_actor = cfg.cpus_per_actor or max(0.1, round(min(0.75 * cpus / actors, largest), 2))
@@ -180,10 +181,10 @@ def run_pipeline(files: list[dict], model_bytes: bytes, cfg: RestoreConfig, out_
     import ray.data
 
     nodes = _alive_node_resources()
-    actors, cpus, gpus, writer_cpus = _actor_shape(cfg, nodes)
     items = [{"path": f["path"], "size": int(f["size"]),
               "mtime": float(f["mtime"]) if f["mtime"] is not None else float("nan")} for f in _work_list(files)]
     blocks = max(1, math.ceil(len(items) / cfg.batch_size))
+    actors, cpus, gpus, writer_cpus = _actor_shape(cfg, nodes, blocks)
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(
         Restorer,
@@ -197,8 +198,12 @@ def run_pipeline(files: list[dict], model_bytes: bytes, cfg: RestoreConfig, out_
         num_cpus=cpus, num_gpus=gpus,
     )
     fs, path = resolve(out_uri, cfg.storage)
-    ds.write_parquet(path, filesystem=fs, min_bytes_per_file=_file_bytes(cfg, nodes),
-                     ray_remote_args={"num_cpus": writer_cpus})
+    show_progress("raeae restore: progress")
+    try:
+        ds.write_parquet(path, filesystem=fs, min_bytes_per_file=_file_bytes(cfg, nodes),
+                         ray_remote_args={"num_cpus": writer_cpus})
+    finally:
+        show_progress(None)
 
 
 def _file_bytes(cfg: RestoreConfig, nodes: list[dict]) -> int:
@@ -281,9 +286,8 @@ def _ensure_empty(fs: pafs.FileSystem, path: str, uri: str) -> None:
         raise StorageError(explain(exc, uri)) from None
 
 
-def restore(cfg: RestoreConfig) -> dict:
+def restore(cfg: RestoreConfig, verbose: bool = False) -> dict:
     """List, restore and write one collection; prints and writes ``_summary.json``; returns the summary."""
-    import ray
 
     for name in ("model", "input", "output"):
         if not getattr(cfg, name):
@@ -293,8 +297,7 @@ def restore(cfg: RestoreConfig) -> dict:
     files = list_images(cfg.input, cfg.storage)
     out_fs, out_path = resolve(cfg.output, cfg.storage)
     _ensure_empty(out_fs, out_path, cfg.output)
-    if not ray.is_initialized():
-        ray.init()
+    connect(verbose)
     print(f"raeae restore: {len(files)} images under {cfg.input} -> {cfg.output} "
           f"(model {ckpt.model_id(model_bytes)}, patch {state['model_config']['patch_size']})")
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ def test_every_command_has_help_for_every_flag(command, capsys):
     for action in sub._actions:
         if action.option_strings and action.dest != "help":
             assert action.help and "[default:" in action.help, (command, action.dest)
+            assert action.option_strings[0] in out, (command, action.dest)
 
 
 def test_train_has_the_documented_flags():

@@ -1,7 +1,6 @@
 """Nightly runs: incremental, exactly once, and safe to kill at any point."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -3,7 +3,6 @@ write buffer, not the collection, and spilling is reported."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -4,7 +4,6 @@ import json
 import os
 
 import duckdb
-import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest

@@ -1,0 +1,148 @@
+"""Connecting to Ray: never hang on a dead address, and keep Ray's own chatter off the terminal.
+
+``ray.init()`` with no address joins whatever cluster Ray's temp folder last recorded
+(``/tmp/ray/ray_current_cluster``). When that cluster has been stopped the file stays behind, and
+``ray.init()`` then retries the dead address for many minutes (measured: 14 min, then a traceback).
+:func:`connect` decides the address itself, probes it, and either starts a local Ray or fails with
+one line naming the address and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+
+PROBE_TIMEOUT_S = 5.0  # a live GCS accepts a TCP connection in milliseconds, even across a VPC
+
+
+class RayConnectionError(RuntimeError):
+    """The Ray address in use does not answer; the message names it and the fix."""
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` (optionally ``ray://``) -> (host, port); None for anything else."""
+    rest = address.split("://", 1)[1] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host or "127.0.0.1", int(port)
+
+
+def answers(address: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether something accepts TCP connections at ``address`` (a Ray GCS ``host:port``)."""
+    hp = _host_port(address)
+    if hp is None:
+        return False
+    try:
+        with socket.create_connection(hp, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def recorded_address() -> str | None:
+    """The address ``ray start`` last recorded in Ray's temp folder, if any."""
+    try:
+        from ray._private.utils import read_ray_address
+
+        return read_ray_address(None) or None
+    except Exception:  # noqa: BLE001 - a private helper; without it we simply start a local Ray
+        return None
+
+
+def choose_address(env: str | None, recorded: str | None, alive=answers) -> tuple[str, str]:
+    """(address for ``ray.init``, a note for the user or ""), from ``RAY_ADDRESS`` and the recorded
+    address. Raises :class:`RayConnectionError` for a ``RAY_ADDRESS`` that cannot work."""
+    env = (env or "").strip()
+    if env == "local":
+        return "local", ""
+    if env.startswith(("http://", "https://")):
+        raise RayConnectionError(
+            f"RAY_ADDRESS={env} is a Jobs API address, for `ray job submit`; to run this command on "
+            f"that cluster submit it as a job, or unset RAY_ADDRESS to run it on a local Ray")
+    if env and env != "auto":
+        if _host_port(env) is None:
+            raise RayConnectionError(f"RAY_ADDRESS={env} is not a host:port address; unset it to run "
+                                     f"on a local Ray")
+        if not alive(env):
+            raise RayConnectionError(
+                f"RAY_ADDRESS={env}: no Ray cluster answers there; start it (`ray start --head`) or "
+                f"unset RAY_ADDRESS to run on a local Ray")
+        return env, ""
+    if recorded and alive(recorded):
+        return recorded, (f"joining the running Ray cluster at {recorded} (from `ray start`); "
+                          f"set RAY_ADDRESS=local for a private local Ray")
+    if recorded:
+        return "local", f"ignoring the stopped Ray cluster recorded at {recorded}; starting a local Ray"
+    if env == "auto":
+        raise RayConnectionError("RAY_ADDRESS=auto but no running Ray cluster was found; start one "
+                                 "(`ray start --head`) or unset RAY_ADDRESS to run on a local Ray")
+    return "local", ""
+
+
+class _ProgressLines(logging.Filter):
+    """Keeps only Ray Data's "Total Progress: done/total" line, reworded, for logs and pipes, and only
+    while a command has asked for progress (:func:`show_progress`): a restore, not training's
+    data loading."""
+
+    prefix: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if self.prefix is None or not text.startswith("Total Progress:"):
+            return False
+        done = text.split(":", 1)[1].strip()
+        if done.startswith("0/"):
+            return False  # the first report comes before any work: nothing to say yet
+        record.msg, record.args = f"{self.prefix}: {done} rows", ()
+        return True
+
+
+def show_progress(prefix: str | None) -> None:
+    """Plain progress lines (every 10 s, when stdout is not a terminal) start with ``prefix``;
+    None turns them off."""
+    _ProgressLines.prefix = prefix
+
+
+def quiet_ray_output(verbose: bool) -> None:
+    """Ray's INFO lines, Train's per-report lines and Data's operator tables stay quiet unless
+    ``verbose``. Ray Data keeps its progress bars on a terminal (tqdm) and one plain progress line
+    every 10 s elsewhere."""
+    if verbose:
+        return
+    # ERROR, not WARNING: a fresh local Ray warns that it generated an auth token, every time.
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    progress = logging.getLogger("ray.data._internal.progress.logging_progress")
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
+    if not any(isinstance(f, _ProgressLines) for h in progress.handlers for f in h.filters):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(_ProgressLines())
+        progress.addHandler(handler)
+    try:
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_operator_progress_bars = False  # one total bar, not one per stage
+        ctx.print_on_execution_start = False
+    except Exception:  # noqa: BLE001 - older/newer Ray Data without these knobs: just noisier
+        pass
+
+
+def connect(verbose: bool = False, **init_kwargs) -> None:
+    """Start or join Ray once per process, quietly unless ``verbose`` (see the module docstring)."""
+    import ray
+
+    quiet_ray_output(verbose)
+    if ray.is_initialized():
+        return
+    address, note = choose_address(os.environ.get("RAY_ADDRESS"), recorded_address())
+    if note:
+        print(f"raeae: {note}")
+    ray.init(address=address, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.ERROR, **init_kwargs)
+    quiet_ray_output(verbose)  # ray.init configures Ray's loggers again

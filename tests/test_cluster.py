@@ -1,0 +1,95 @@
+"""Connecting to Ray: a dead address costs seconds and one line, never a hang."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from raeae.cluster import RayConnectionError, answers, choose_address
+from tests.conftest import free_port
+
+ALIVE = "10.1.2.3:6379"
+
+
+def alive(address: str) -> bool:
+    return address == ALIVE
+
+
+def test_no_address_and_nothing_recorded_starts_a_local_ray():
+    assert choose_address(None, None, alive) == ("local", "")
+    assert choose_address("local", ALIVE, alive) == ("local", "")
+
+
+def test_a_live_recorded_cluster_is_joined_and_said_so():
+    address, note = choose_address("", ALIVE, alive)
+    assert address == ALIVE and "joining" in note and "RAY_ADDRESS=local" in note
+
+
+def test_a_stale_recorded_address_is_ignored_with_a_note():
+    address, note = choose_address(None, "127.0.0.1:1", alive)
+    assert address == "local" and "ignoring the stopped Ray cluster recorded at 127.0.0.1:1" in note
+
+
+@pytest.mark.parametrize("env,words", [
+    ("127.0.0.1:1", "RAY_ADDRESS=127.0.0.1:1: no Ray cluster answers there"),
+    ("http://127.0.0.1:8265", "is a Jobs API address"),
+    ("nonsense", "is not a host:port address"),
+    ("auto", "no running Ray cluster was found"),
+])
+def test_a_ray_address_that_cannot_work_is_one_clear_error(env, words):
+    with pytest.raises(RayConnectionError, match=words.replace("(", r"\(")):
+        choose_address(env, None, alive)
+
+
+def test_a_live_ray_address_is_used():
+    assert choose_address(ALIVE, None, alive) == (ALIVE, "")
+
+
+def test_answers_probes_a_real_socket():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert answers(f"127.0.0.1:{s.getsockname()[1]}")
+    assert not answers(f"127.0.0.1:{free_port()}", timeout=1.0)
+    assert not answers("no-port-here")
+
+
+def _raeae(args, env, timeout=120):
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "raeae.cli", *args], env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    return p, time.perf_counter() - t0
+
+
+def test_dead_ray_address_fails_fast_with_one_line(tmp_path, trained_checkpoint, noisy_folder):
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}
+    p, seconds = _raeae(["restore", "--model", str(trained_checkpoint), "--input", str(noisy_folder),
+                         "--output", str(tmp_path / "out")], env)
+    assert p.returncode == 2 and seconds < 30
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "no Ray cluster answers there" in err[0], p.stderr
+
+
+@pytest.mark.slow
+def test_stale_recorded_address_costs_seconds_not_minutes(tmp_path, trained_checkpoint, noisy_folder):
+    """Ray's temp folder names a stopped cluster (a `ray start --head` since stopped): the restore runs
+    on its own local Ray, with a note, instead of retrying the dead address for 14 minutes."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay short
+    (ray_tmp / "ray").mkdir(parents=True)
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = str(ray_tmp)
+    p, seconds = _raeae(["restore", "--model", str(trained_checkpoint), "--input", str(noisy_folder),
+                         "--output", str(tmp_path / "out"), "--actors", "1"], env, timeout=300)
+    assert "ignoring the stopped Ray cluster" in p.stdout, p.stdout + p.stderr
+    assert p.returncode == 0 and "6 rows (4 ok, 2 errors)" in p.stdout, p.stdout  # a row for every file
+    assert "Traceback" not in p.stderr
+    print(f"restore with a stale recorded address: {seconds:.1f} s")
+    shutil.rmtree(ray_tmp, ignore_errors=True)
