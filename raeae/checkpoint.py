@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import posixpath
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import torch
@@ -19,6 +20,9 @@ from raeae.storage import StorageConfig, StorageError, explain, read_bytes, reso
 
 CHECKPOINT_FILE = "model.pt"
 FORMAT_VERSION = 1
+BUILTIN = "builtin:"  # models that ship inside the package: builtin:gray, builtin:color (and builtin:auto)
+AUTO = BUILTIN + "auto"  # per image: the colour model for colour images, the gray one for gray images
+BUILTIN_DIR = Path(__file__).resolve().parent / "models"
 
 
 class CheckpointError(RuntimeError):
@@ -58,7 +62,25 @@ def _locate(uri: str, storage: StorageConfig) -> tuple[pafs.FileSystem, str]:
     return fs, path
 
 
+def builtin_names() -> list[str]:
+    """The bundled models, as ``builtin:NAME`` strings."""
+    return sorted(BUILTIN + p.stem for p in BUILTIN_DIR.glob("*.pt"))
+
+
+def _builtin_bytes(uri: str) -> bytes:
+    if uri == AUTO:
+        raise CheckpointError(f"{AUTO} picks a model per image, which only restore, nightly and evaluate "
+                              f"do; name one here ({', '.join(builtin_names())})")
+    path = BUILTIN_DIR / f"{uri[len(BUILTIN):]}.pt"
+    if uri[len(BUILTIN):] in ("", ".", "..") or "/" in uri or not path.is_file():
+        raise CheckpointError(f"{uri}: no such bundled model (bundled: {', '.join(builtin_names() + [AUTO])})")
+    return path.read_bytes()
+
+
 def read_checkpoint_bytes(uri: str, storage: StorageConfig = StorageConfig()) -> bytes:
+    """The bytes of ``model.pt`` at ``uri``: a folder or file on any filesystem, or ``builtin:NAME``."""
+    if uri.startswith(BUILTIN):
+        return _builtin_bytes(uri)
     fs, path = _locate(uri, storage)
     try:
         return read_bytes(fs, path)

@@ -73,8 +73,10 @@ def classical(sigma: float, channel_axis: int | None) -> dict[str, Callable[[np.
     }
 
 
-def _grid(rows: list[list[np.ndarray]], size: int = 160) -> np.ndarray:
-    """Centre crops of ``size``×``size`` in a grid (gray shown as RGB)."""
+def _grid(rows: list[list[np.ndarray]], labels: list[str], size: int = 256) -> np.ndarray:
+    """Centre crops of ``size``×``size`` in a grid (gray shown as RGB), each column titled."""
+    from PIL import Image, ImageDraw
+
     def crop(a: np.ndarray) -> np.ndarray:
         a = a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2)
         a = a[..., :3]
@@ -84,11 +86,17 @@ def _grid(rows: list[list[np.ndarray]], size: int = 160) -> np.ndarray:
         out = np.full((size, size, 3), 255, np.uint8)
         out[:s, :s] = a[y:y + s, x:x + s]
         return out
-    pad = 4
+    pad, title = 4, 18
     lines = [np.concatenate(sum([[crop(a), np.full((size, pad, 3), 255, np.uint8)] for a in r], [])[:-1], axis=1)
              for r in rows]
     width = max(l.shape[1] for l in lines)
-    return np.concatenate(sum([[l, np.full((pad, width, 3), 255, np.uint8)] for l in lines], [])[:-1], axis=0)
+    body = np.concatenate(sum([[l, np.full((pad, width, 3), 255, np.uint8)] for l in lines], [])[:-1], axis=0)
+    canvas = Image.new("RGB", (width, body.shape[0] + title), "white")
+    canvas.paste(Image.fromarray(body), (0, title))
+    draw = ImageDraw.Draw(canvas)
+    for i, label in enumerate(labels):
+        draw.text((i * (size + pad) + 4, 3), label, fill="black")  # Pillow's built-in font: no font files needed
+    return np.asarray(canvas)
 
 
 def evaluate(cfg: EvaluateConfig, printer: Callable[[str], None] = print) -> dict:
@@ -117,14 +125,17 @@ def evaluate(cfg: EvaluateConfig, printer: Callable[[str], None] = print) -> dic
         t0 = time.perf_counter()
         restored = restore_array(model, noisy, stride)
         add("raeae", clean, restored, time.perf_counter() - t0)
+        outputs = {}
         if cfg.baselines:
             x = noisy.astype(np.float64) / 255.0
             for method, fn in classical(_sigma(cfg.noise, noisy), 2 if x.ndim == 3 else None).items():
                 t0 = time.perf_counter()
-                out = np.clip(fn(x) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                add(method, clean, out, time.perf_counter() - t0)
+                outputs[method] = np.clip(fn(x) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                add(method, clean, outputs[method], time.perf_counter() - t0)
         if i < cfg.grid_images:
-            grid_rows.append([clean, noisy, restored])
+            grid_rows.append([clean, noisy, restored, outputs])
+    best = max((k for k in scores if k not in ("noisy input", "raeae")),
+               key=lambda k: np.mean([p for p, _ in scores[k]]), default=None)
     result = {"model": cfg.model, "model_id": model_id, "data": cfg.data, "images": len(images),
               "noise": cfg.noise.to_dict(), "seed": cfg.seed,
               "methods": {k: {"psnr": float(np.mean([p for p, _ in v])), "ssim": float(np.mean([s for _, s in v])),
@@ -133,11 +144,13 @@ def evaluate(cfg: EvaluateConfig, printer: Callable[[str], None] = print) -> dic
     with open(os.path.join(cfg.output, "evaluate.json"), "w") as f:
         json.dump(result, f, indent=2)
     grid_path = os.path.join(cfg.output, "grid.png")
+    labels = ["clean", f"noisy ({cfg.noise.noise.value})", "raeae"] + ([f"best classical: {best}"] if best else [])
+    grid = _grid([r[:3] + ([r[3][best]] if best else []) for r in grid_rows], labels)
     with open(grid_path, "wb") as f:
-        f.write(encode_png(_grid(grid_rows), 6))
+        f.write(encode_png(grid, 6))
     result["grid"] = grid_path
     printer(markdown_table(result))
-    printer(f"grid (clean | noisy | raeae): {grid_path}")
+    printer(f"grid ({' | '.join(labels)}): {grid_path}")
     return result
 
 

@@ -1,0 +1,75 @@
+"""Bundled models: a trained checkpoint packaged as package data, in fp16, with its provenance.
+
+A bundled model is what ``raeae restore`` uses before anyone has trained anything, so it must say
+where it came from: the command that trained it, the commit, the data, the training minutes and the
+PSNRs measured when it was packaged (:func:`package`). ``bench/release_models.sh`` holds the
+commands that made the models in ``raeae/models/``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import numpy as np
+import torch
+
+from raeae import checkpoint as ckpt
+from raeae.corrupt import NoiseConfig
+from raeae.data import load_images
+from raeae.evaluate import make_noisy
+from raeae.inference import restore_array
+from raeae.metrics import psnr
+
+
+def measure(model, images: list[tuple[str, np.ndarray]], sigmas: list[float], seed: int = 0,
+            stride: int | None = None) -> dict[str, dict[str, float]]:
+    """Mean PSNR (dB) of the noisy input and of the model at each σ, on the benchmark's protocol
+    (noise from ``seed + image index``, clipped and quantised to 8 bits)."""
+    out = {}
+    for sigma in sigmas:
+        noisy_db, model_db = [], []
+        for i, (_, clean) in enumerate(images):
+            noisy = make_noisy(clean, NoiseConfig(sigma=sigma), seed + i)
+            noisy_db.append(psnr(clean, noisy))
+            model_db.append(psnr(clean, restore_array(model, noisy, stride)))
+        out[f"{sigma:g}"] = {"noisy": round(float(np.mean(noisy_db)), 3), "model": round(float(np.mean(model_db)), 3)}
+    return out
+
+
+def git_commit(repo: str = ".") -> str:
+    try:
+        return subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def package(trained: str, target: str, command: str, commit: str, test_data: str,
+            sigmas: list[float] = (15.0, 25.0, 50.0), limit: int = 0) -> dict:
+    """Write the slim checkpoint ``trained`` to ``target`` in fp16 with a provenance record, after
+    measuring it on ``test_data``; returns the provenance."""
+    state, _ = ckpt.load_state(trained)
+    model = ckpt.model_from_state(state)
+    channels = model.config.channels
+    images = load_images(test_data, channels, limit=limit)
+    # fp16 halves the size; measure what ships, the fp16 weights, not the fp32 ones.
+    half = {k: v.to(torch.float16) for k, v in state["model"].items()}
+    model.load_state_dict(half)
+    history = state.get("history", [])
+    provenance = {
+        "command": command, "commit": commit, "train_data": state.get("train_config", {}).get("data", ""),
+        "train_minutes": round(max((h.get("elapsed_s", h.get("train_loop_s", 0.0)) for h in history), default=0.0) / 60, 1),
+        "epochs": len(history), "test_data": test_data, "test_images": len(images),
+        "psnr_db": measure(model, images, list(sigmas)), "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dtype": "float16",
+    }
+    slim = {k: v for k, v in state.items() if k not in ("history",)}
+    slim["model"] = half
+    slim["provenance"] = provenance
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    tmp = target + ".tmp"
+    torch.save(slim, tmp)
+    os.replace(tmp, target)
+    return provenance
