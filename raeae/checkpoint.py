@@ -77,6 +77,18 @@ def _builtin_bytes(uri: str) -> bytes:
     return path.read_bytes()
 
 
+def read_models(uri: str, storage: StorageConfig = StorageConfig()) -> list[bytes]:
+    """The checkpoint(s) a restore uses: the one at ``uri``, or for ``builtin:auto`` every bundled
+    model of gray and colour (each image then goes to the one that fits it, see
+    :func:`raeae.inference.pick_model`)."""
+    if uri == AUTO:
+        found = [_builtin_bytes(BUILTIN + n) for n in ("gray", "color") if (BUILTIN_DIR / f"{n}.pt").is_file()]
+        if not found:
+            raise CheckpointError(f"{AUTO}: no bundled models in {BUILTIN_DIR}; give --model")
+        return found
+    return [read_checkpoint_bytes(uri, storage)]
+
+
 def read_checkpoint_bytes(uri: str, storage: StorageConfig = StorageConfig()) -> bytes:
     """The bytes of ``model.pt`` at ``uri``: a folder or file on any filesystem, or ``builtin:NAME``."""
     if uri.startswith(BUILTIN):

@@ -13,11 +13,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from raeae.checkpoint import load_state, model_from_state
+from raeae.checkpoint import AUTO, model_from_state, parse, read_models
+from raeae.checkpoint import model_id as model_id_of
 from raeae.corrupt import Noise, NoiseConfig, corrupt
 from raeae.data import load_images
 from raeae.images import encode_png
-from raeae.inference import restore_array, to_tensor, to_uint8
+from raeae.inference import pick_model, restore_array, to_tensor, to_uint8
 from raeae.metrics import psnr, ssim
 from raeae.storage import StorageConfig
 
@@ -26,7 +27,8 @@ from raeae.storage import StorageConfig
 class EvaluateConfig:
     """Compare a model with classical denoisers on clean images corrupted with a known noise."""
 
-    model: str = field(default="", metadata={"help": "checkpoint folder or model.pt"})
+    model: str = field(default=AUTO, metadata={"help": "checkpoint folder or model.pt, or builtin:auto / "
+                                                       "builtin:gray / builtin:color"})
     data: str = field(default="", metadata={"help": "folder of clean images, or an IDX folder (its t10k split)"})
     noise: NoiseConfig = NoiseConfig()
     seed: int = field(default=0, metadata={"help": "seed of the noise (the same noisy images for every method)"})
@@ -105,12 +107,15 @@ def evaluate(cfg: EvaluateConfig, printer: Callable[[str], None] = print) -> dic
         return evaluate_restored(cfg, printer)
     if not cfg.model or not cfg.data:
         raise ValueError("--model and --data are required")
-    state, model_id = load_state(cfg.model, cfg.storage)
-    model = model_from_state(state)
+    blobs = read_models(cfg.model, cfg.storage)
+    states = [parse(b, cfg.model) for b in blobs]
+    models = [model_from_state(st) for st in states]
+    model_id = "+".join(model_id_of(b) for b in blobs)
+    strides = {id(m): cfg.stride or int(st.get("inference", {}).get("stride", 0)) or None
+               for m, st in zip(models, states)}
     images = load_images(cfg.data, None, cfg.storage, limit=cfg.limit)
     if not images:
         raise ValueError(f"{cfg.data}: no images")
-    stride = cfg.stride or int(state.get("inference", {}).get("stride", 0)) or None
     scores: dict[str, list[tuple[float, float]]] = {}
     seconds: dict[str, float] = {}
     grid_rows = []
@@ -123,7 +128,8 @@ def evaluate(cfg: EvaluateConfig, printer: Callable[[str], None] = print) -> dic
         noisy = make_noisy(clean, cfg.noise, cfg.seed + i)
         add("noisy input", clean, noisy, 0.0)
         t0 = time.perf_counter()
-        restored = restore_array(model, noisy, stride)
+        model = pick_model(models, noisy)
+        restored = restore_array(model, noisy, strides[id(model)])
         add("raeae", clean, restored, time.perf_counter() - t0)
         outputs = {}
         if cfg.baselines:

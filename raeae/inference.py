@@ -70,6 +70,16 @@ def restore_array(model: DenseAutoencoder, image: np.ndarray, stride: int | None
     return join_alpha(restored, alpha)
 
 
+def pick_model(models: list[DenseAutoencoder], image: np.ndarray) -> DenseAutoencoder:
+    """Of several models (``builtin:auto``), the one made for this image: the colour model for colour
+    images (RGB, RGBA), the gray model for gray ones (L, LA); a single model takes everything."""
+    if len(models) == 1:
+        return models[0]
+    colour = image.ndim == 3 and image.shape[2] >= 3
+    want = 3 if colour else 1
+    return next((m for m in models if m.config.channels == want), models[0])
+
+
 def restore_image(model: DenseAutoencoder, image: np.ndarray, stride: int | None = None) -> np.ndarray:
     """Public API: a uint8 numpy image of any size in, the restored uint8 image of the same shape out."""
     return restore_array(model, image, stride=stride)

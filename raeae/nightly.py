@@ -39,7 +39,8 @@ MANIFESTS = "_manifests"
 class NightlyConfig:
     """Restore what is new or changed in an archive since the last committed run, exactly once."""
 
-    model: str = field(default="", metadata={"help": "checkpoint folder or model.pt (local or s3://)"})
+    model: str = field(default=ckpt.AUTO, metadata={"help": "builtin:auto, builtin:gray, builtin:color, or a "
+                                                            "checkpoint folder or model.pt (local or s3://)"})
     archive: str = field(default="", metadata={"help": "folder or prefix of the growing image archive"})
     output: str = field(default="", metadata={"help": "nightly output: one run=<id>/ folder per run plus "
                                                       "_manifests/"})
@@ -126,8 +127,9 @@ def _to_us(mtime: float | None) -> int | None:
     return None if mtime is None else int(mtime * 1_000_000)
 
 
-def select_new(files: list[dict], state: pa.Table, model_id: str, retry_errors: bool) -> list[dict]:
-    """Files not yet restored by this model, or changed (size or mtime) since they were."""
+def select_new(files: list[dict], state: pa.Table, model_ids: set[str], retry_errors: bool) -> list[dict]:
+    """Files not yet restored by this model (any of ``model_ids``, for builtin:auto), or changed (size
+    or mtime) since they were."""
     if len(state) == 0:
         return list(files)
     latest = latest_per_path(state)
@@ -138,7 +140,7 @@ def select_new(files: list[dict], state: pa.Table, model_id: str, retry_errors: 
     out = []
     for f in files:
         prev = known.get(f["path"])
-        if (prev is None or prev[0] != f["size"] or prev[1] != _to_us(f["mtime"]) or prev[2] != model_id
+        if (prev is None or prev[0] != f["size"] or prev[1] != _to_us(f["mtime"]) or prev[2] not in model_ids
                 or (retry_errors and prev[3] != "ok")):
             out.append(f)
     return out
@@ -162,9 +164,11 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
         if not getattr(cfg, name):
             raise ValueError(f"--{name} is required")
     storage = cfg.restore.storage
-    model_bytes = ckpt.read_checkpoint_bytes(cfg.model, storage)
-    ckpt.parse(model_bytes, cfg.model)  # fail fast on a bad checkpoint
-    model_id = ckpt.model_id(model_bytes)
+    model_bytes = ckpt.read_models(cfg.model, storage)
+    for b in model_bytes:
+        ckpt.parse(b, cfg.model)  # fail fast on a bad checkpoint
+    model_ids = {ckpt.model_id(b) for b in model_bytes}
+    model_id = "+".join(ckpt.model_id(b) for b in model_bytes)
     files = list_images(cfg.archive, storage)
     fs, root = resolve(cfg.output, storage)
     try:
@@ -180,7 +184,7 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
     if removed:
         print(f"raeae nightly: removed uncommitted runs {', '.join(sorted(removed))} (they are redone now)")
     state = committed_table(fs, root, ["path", "source_size", "source_mtime", "model_id", "status"])
-    todo = list(files) if cfg.reprocess else select_new(files, state, model_id, cfg.retry_errors)
+    todo = list(files) if cfg.reprocess else select_new(files, state, model_ids, cfg.retry_errors)
     print(f"raeae nightly: run {run_id}: {len(files)} images in {cfg.archive}, {len(todo)} to restore "
           f"(model {model_id})")
     run_dir = posixpath.join(root, f"run={run_id}")

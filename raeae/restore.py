@@ -24,7 +24,7 @@ import torch
 from raeae import checkpoint as ckpt
 from raeae.cluster import connect, show_progress
 from raeae.images import DEFAULT_MAX_PIXELS, channels, decode, encode_png
-from raeae.inference import default_stride, restore_array
+from raeae.inference import default_stride, pick_model, restore_array
 from raeae.storage import StorageConfig, StorageError, explain, list_images, read_bytes, resolve, write_bytes
 
 # The Parquet contract: one row per input file.
@@ -50,7 +50,10 @@ SUMMARY_FILE = "_summary.json"
 class RestoreConfig:
     """Restore every image under an input prefix into Parquet, with a summary."""
 
-    model: str = field(default="", metadata={"help": "checkpoint folder or model.pt (local or s3://), from "
+    model: str = field(default=ckpt.AUTO, metadata={"help": "builtin:auto (the bundled colour model for colour "
+                                                            "images, the gray one for gray images), "
+                                                            "builtin:gray, builtin:color, or a checkpoint "
+                                                            "folder or model.pt (local or s3://), from "
                                                      "`raeae train --output`"})
     input: str = field(default="", metadata={"help": "folder or prefix of images (local, s3://, gs://...), "
                                                      "searched recursively"})
@@ -98,20 +101,24 @@ def _ts(seconds: float | None):
 
 
 class Restorer:
-    """Ray Data callable class: loads the model once in ``__init__``; ``__call__`` maps a batch of file
-    rows to result rows, one each, never raising for a bad file."""
+    """Ray Data callable class: loads the model(s) once in ``__init__``; ``__call__`` maps a batch of
+    file rows to result rows, one each, never raising for a bad file. With two models
+    (``builtin:auto``) each image goes to the one made for it (colour or gray)."""
 
-    def __init__(self, model_bytes: bytes, storage: StorageConfig, stride: int, tile_batch: int,
+    def __init__(self, model_bytes: list[bytes], storage: StorageConfig, stride: int, tile_batch: int,
                  max_pixels: int, png_level: int, threads: int, input_uri: str, gpu: bool = False):
         if threads > 0:
             torch.set_num_threads(threads)
-        state = ckpt.parse(model_bytes)
-        self.model_id = ckpt.model_id(model_bytes)
         # The device follows the config (--gpu), never what happens to be installed on the node.
         self.device = torch.accelerator.current_accelerator() if gpu else torch.device("cpu")
-        self.model = ckpt.model_from_state(state).to(self.device)
-        self.stride = stride or int(state.get("inference", {}).get("stride", 0)) or \
-            default_stride(self.model.config.patch_size)
+        self.models, self.model_ids, self.strides = [], {}, {}
+        for data in model_bytes:
+            state = ckpt.parse(data)
+            model = ckpt.model_from_state(state).to(self.device)
+            self.models.append(model)
+            self.model_ids[id(model)] = ckpt.model_id(data)
+            self.strides[id(model)] = stride or int(state.get("inference", {}).get("stride", 0)) or \
+                default_stride(model.config.patch_size)
         self.fs, _ = resolve(input_uri, storage)
         self.tile_batch, self.max_pixels, self.png_level = tile_batch, max_pixels, png_level
 
@@ -119,10 +126,11 @@ class Restorer:
         """Read, decode, restore and encode one file; raises on a bad file."""
         data = read_bytes(self.fs, path.split("://", 1)[1] if "://" in path else path)
         image, mode = decode(data, self.max_pixels)
-        restored = restore_array(self.model, image, self.stride, self.tile_batch, self.device)
+        model = pick_model(self.models, image)
+        restored = restore_array(model, image, self.strides[id(model)], self.tile_batch, self.device)
         png = encode_png(restored, self.png_level)
         return {"image": png, "width": restored.shape[1], "height": restored.shape[0],
-                "channels": channels(restored), "source_mode": mode}
+                "channels": channels(restored), "source_mode": mode, "model_id": self.model_ids[id(model)]}
 
     def __call__(self, batch: dict) -> pa.Table:
         rows = []
@@ -136,7 +144,8 @@ class Restorer:
             except Exception as exc:  # noqa: BLE001 - one bad file is one error row, never a dead job
                 row["status"] = "error"
                 row["error"] = str(exc) if str(exc) else type(exc).__name__
-            row.update(model_id=self.model_id, restored_at=_ts(time.time()), seconds=time.perf_counter() - t0)
+            row.setdefault("model_id", self.model_ids[id(self.models[0])])  # error rows: the first model
+            row.update(restored_at=_ts(time.time()), seconds=time.perf_counter() - t0)
             rows.append(row)
         return pa.Table.from_pylist(rows, schema=SCHEMA)
 
@@ -175,7 +184,7 @@ def _work_list(files: list[dict]) -> list[dict]:
     return sorted(files, key=lambda f: -f["size"])
 
 
-def run_pipeline(files: list[dict], model_bytes: bytes, cfg: RestoreConfig, out_uri: str) -> None:
+def run_pipeline(files: list[dict], model_bytes: list[bytes], cfg: RestoreConfig, out_uri: str) -> None:
     """Stream ``files`` through the model into Parquet under ``out_uri``."""
     import ray
     import ray.data
@@ -292,14 +301,15 @@ def restore(cfg: RestoreConfig, verbose: bool = False) -> dict:
     for name in ("model", "input", "output"):
         if not getattr(cfg, name):
             raise ValueError(f"--{name} is required")
-    model_bytes = ckpt.read_checkpoint_bytes(cfg.model, cfg.storage)
-    state = ckpt.parse(model_bytes, cfg.model)  # fail fast on a bad checkpoint, before Ray starts
+    model_bytes = ckpt.read_models(cfg.model, cfg.storage)
+    states = [ckpt.parse(b, cfg.model) for b in model_bytes]  # fail fast on a bad checkpoint, before Ray starts
+    model_id = "+".join(ckpt.model_id(b) for b in model_bytes)
     files = list_images(cfg.input, cfg.storage)
     out_fs, out_path = resolve(cfg.output, cfg.storage)
     _ensure_empty(out_fs, out_path, cfg.output)
     connect(verbose)
     print(f"raeae restore: {len(files)} images under {cfg.input} -> {cfg.output} "
-          f"(model {ckpt.model_id(model_bytes)}, patch {state['model_config']['patch_size']})")
+          f"(model {cfg.model} {model_id}, patch {', '.join(str(s['model_config']['patch_size']) for s in states)})")
     t0 = time.perf_counter()
     spilled_before = spilled_bytes()
     if files:
@@ -312,7 +322,7 @@ def restore(cfg: RestoreConfig, verbose: bool = False) -> dict:
               f"(object store too small for the pipeline's working set; slower, not lossy)")
     summary = {"files": len(files), **summarise(out_fs, parquet_files(out_fs, out_path), wall),
                "spilled_bytes": spilled,
-               "input": cfg.input, "output": cfg.output, "model_id": ckpt.model_id(model_bytes)}
+               "input": cfg.input, "output": cfg.output, "model_id": model_id}
     write_bytes(out_fs, posixpath.join(out_path, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
     print_summary("raeae restore", summary)
     return summary

@@ -51,8 +51,13 @@ def test_bench_train(ray_session, tmp_path):
 def test_bench_quality(ray_session, tmp_path):
     copy_samples(tmp_path / "train", ("camera.png", "coins.png"))
     copy_samples(tmp_path / "test", ("moon.png",))
+    copy_samples(tmp_path / "test_color", ("chelsea.png",))
     out = run_bench(ray_session, "quality.py", "--train", str(tmp_path / "train"), "--test", str(tmp_path / "test"),
-                    "--sigmas", "25", "--minutes", "0.05", "--stride", "13", "--out", str(tmp_path / "q"))
+                    "--test-color", str(tmp_path / "test_color"), "--sigmas", "25", "--minutes", "0.05",
+                    "--out", str(tmp_path / "q"))
     assert "| σ |" in out and "| 25 |" in out
     rows = json.loads((tmp_path / "q" / "quality.json").read_text())
-    assert rows[0]["sigma"] == 25 and rows[0]["methods"]["raeae"]["psnr"] > 0
+    gray = rows["gray"][0]["methods"]
+    assert rows["gray"][0]["sigma"] == 25 and gray["fresh 0.05 min"]["psnr"] > 0
+    assert {"builtin:gray", "noisy input", "TV (Chambolle)", "NL-means"} <= set(gray)
+    assert {"builtin:color", "builtin:gray per channel"} <= set(rows["color"][0]["methods"])

@@ -48,7 +48,8 @@ def test_train_has_the_documented_flags():
     (["train", "--output", "y"], "--data is required"),
     (["train", "--data", "/nonexistent/raeae", "--output", "y"], "no such file"),
     (["restore", "--model", "/nonexistent/ckpt", "--input", "x", "--output", "y"], "no checkpoint there"),
-    (["restore", "--input", "x", "--output", "y"], "--model is required"),
+    (["restore", "--model", "builtin:nope", "--input", "x", "--output", "y"], "no such bundled model"),
+    (["restore", "--model", "x", "--output", "y"], "--input is required"),
     (["restore", "--model", "m", "--input", "x", "--output", "y", "--batch-size", "0"], "batch_size must be >= 1"),
 ])
 def test_bad_arguments_fail_fast_with_one_line(argv, words, capsys):
