@@ -85,8 +85,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _samples(args: argparse.Namespace) -> int:
+    from raeae.demo import SamplesConfig, samples
+
+    samples(config_from_args(SamplesConfig, args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from raeae.demo import DemoConfig
+    from raeae.demo import DemoConfig, SamplesConfig
     from raeae.evaluate import EvaluateConfig
     from raeae.export import ExportConfig
     from raeae.nightly import NightlyConfig
@@ -104,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("export", ExportConfig, _export, "write restored images from Parquet back to image files"),
         ("evaluate", EvaluateConfig, _evaluate, "PSNR/SSIM of a model against classical denoisers"),
         ("demo", DemoConfig, _demo, "the main job end to end on embedded sample photographs"),
+        ("samples", SamplesConfig, _samples, "write a noisy archive of the embedded sample photographs"),
     ]
     for name, cls, fn, help_text in commands:
         p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip().splitlines()[0])

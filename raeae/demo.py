@@ -43,7 +43,30 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "seed for training and the archive's noise"})
 
 
-def _make_archive(clean_dir: str, archive: str, noise: NoiseConfig, seed: int) -> None:
+@dataclass(frozen=True)
+class SamplesConfig:
+    """Write a noisy sample archive of the embedded photographs, to try restore and nightly on."""
+
+    output: str = field(default="runs/sample-archive", metadata={"help": "local folder for the archive"})
+    sigma: float = field(default=25.0, metadata={"help": "Gaussian σ (0-255) of the archive's noise"})
+    bad_files: bool = field(default=True, metadata={"help": "add a truncated PNG and a text file named .png, "
+                                                            "which restore turns into error rows"})
+    seed: int = field(default=0, metadata={"help": "seed of the noise"})
+
+
+def samples(cfg: SamplesConfig) -> list[str]:
+    """Noisy PNGs of all embedded sample photographs (gray and colour) under ``cfg.output``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as clean:
+        copy_samples(clean, SAMPLE_TRAIN + SAMPLE_HELD_OUT)
+        _make_archive(clean, cfg.output, NoiseConfig(sigma=cfg.sigma), cfg.seed, cfg.bad_files)
+    names = sorted(os.listdir(cfg.output))
+    print(f"raeae samples: {len(names)} files in {cfg.output} (σ={cfg.sigma:g})")
+    return names
+
+
+def _make_archive(clean_dir: str, archive: str, noise: NoiseConfig, seed: int, bad_files: bool = True) -> None:
     """Noisy PNG copies of the held-out photographs, plus two files that must become error rows."""
     os.makedirs(archive, exist_ok=True)
     for i, name in enumerate(sorted(os.listdir(clean_dir))):
@@ -51,6 +74,8 @@ def _make_archive(clean_dir: str, archive: str, noise: NoiseConfig, seed: int) -
             clean, _ = decode(f.read())
         noisy = make_noisy(clean, noise, seed + i)
         Image.fromarray(noisy).save(os.path.join(archive, posixpath.splitext(name)[0] + ".png"))
+    if not bad_files:
+        return
     buf = io.BytesIO()
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(buf, format="PNG")
     with open(os.path.join(archive, "broken.png"), "wb") as f:

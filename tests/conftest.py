@@ -37,6 +37,12 @@ os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 S3_KEY, S3_SECRET = "raeaetestkey", "raeaetestsecret"
 
 
+def pytest_collection_modifyitems(items):
+    """The README tests first: its local-head section starts `ray start --head` on Ray's default
+    ports, which the session's own Ray (started by the first test that needs it) would hold."""
+    items.sort(key=lambda item: 0 if item.module.__name__.endswith("test_readme") else 1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,9 +5,20 @@ import sys
 
 import pytest
 
+import raeae
 from raeae.cli import build_parser, main
 
-COMMANDS = ["train", "restore", "nightly", "export", "evaluate", "demo"]
+COMMANDS = list(build_parser()._subparsers._group_actions[0].choices)
+
+
+def test_the_commands_are_the_documented_ones():
+    assert COMMANDS == ["train", "restore", "nightly", "export", "evaluate", "demo", "samples"]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"raeae {raeae.__version__}"
 
 
 def test_every_command_is_listed_in_the_top_level_help(capsys):

@@ -32,3 +32,20 @@ def test_readme_job_commands_name_existing_entrypoints():
         assert (ROOT / s).exists(), s
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert f"ray[data,train,default]=={ray.__version__}" in pyproject
+
+
+def test_cluster_yaml_passes_rays_own_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(yaml.safe_load((ROOT / "cluster.yaml").read_text())))
+
+
+def test_cluster_yaml_is_secure_by_default():
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    head = " ".join(cfg["head_start_ray_commands"])
+    workers = " ".join(cfg["worker_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head  # loopback: reached by SSH forward
+    assert "RAY_AUTH_MODE=token ray start --head" in head
+    assert "RAY_AUTH_MODE=token ray start --address" in workers
+    assert cfg["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"  # one token on every node
+    assert any("export RAY_AUTH_MODE=token" in c for c in cfg["setup_commands"])

@@ -1,0 +1,70 @@
+"""The bundled models: they load by name, restore well above the noisy input, say where they came
+from, fit the size budget, and `raeae restore` with no --model sends each image to the right one."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+import raeae
+from raeae import checkpoint as ckpt
+from raeae.corrupt import NoiseConfig
+from raeae.evaluate import make_noisy
+from raeae.metrics import psnr
+from tests.conftest import photo
+
+NAMES = ("gray", "color")
+
+
+def test_bundled_models_fit_the_budget_in_half_precision():
+    files = [ckpt.BUILTIN_DIR / f"{n}.pt" for n in NAMES]
+    assert all(f.is_file() for f in files), files
+    assert sum(f.stat().st_size for f in files) <= 16 * 2**20
+    for f in files:
+        state = torch.load(f, weights_only=True)
+        assert {v.dtype for v in state["model"].values()} == {torch.float16}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bundled_model_carries_its_provenance(name):
+    state, _ = ckpt.load_state(f"builtin:{name}")
+    p = state["provenance"]
+    assert "raeae train" in p["command"] and len(p["commit"]) == 40 and p["train_minutes"] > 0
+    assert p["train_data"] and p["test_data"] and set(p["psnr_db"]) == {"15", "25", "50"}
+    assert all(v["model"] > v["noisy"] + 3 for v in p["psnr_db"].values())
+
+
+@pytest.mark.parametrize("name,image,sigma", [("gray", "camera.png", 25), ("gray", "coins.png", 50),
+                                              ("color", "astronaut.png", 25), ("color", "coffee.png", 15)])
+def test_bundled_model_restores_well_above_the_noisy_input(name, image, sigma):
+    model = raeae.load_model(f"builtin:{name}")
+    clean = photo(image)[:192, :192]
+    noisy = make_noisy(clean, NoiseConfig(sigma=sigma), seed=3)
+    restored = raeae.restore_image(model, noisy)
+    assert psnr(clean, restored) > psnr(clean, noisy) + 4.0
+
+
+def test_auto_is_not_one_model():
+    with pytest.raises(ckpt.CheckpointError, match="picks a model per image"):
+        raeae.load_model("builtin:auto")
+
+
+@pytest.mark.slow
+def test_restore_without_model_sends_each_image_to_its_bundled_model(ray_session, tmp_path):
+    from raeae.restore import RestoreConfig, restore
+
+    src = tmp_path / "mixed"
+    src.mkdir()
+    Image.fromarray(make_noisy(photo("camera.png")[:96, :96], NoiseConfig(sigma=25), 0)).save(src / "gray.png")
+    Image.fromarray(make_noisy(photo("astronaut.png")[:96, :96], NoiseConfig(sigma=25), 1)).save(src / "rgb.png")
+    rgba = np.dstack([photo("chelsea.png")[:64, :64], np.full((64, 64), 200, np.uint8)])
+    Image.fromarray(rgba).save(src / "rgba.png")
+    summary = restore(RestoreConfig(input=str(src), output=str(tmp_path / "out")))
+    assert summary["ok"] == 3
+    ids = {n: ckpt.model_id(ckpt.read_checkpoint_bytes(f"builtin:{n}")) for n in NAMES}
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    by_name = {r["path"].rsplit("/", 1)[1]: r for r in rows}
+    assert by_name["gray.png"]["model_id"] == ids["gray"]
+    assert by_name["rgb.png"]["model_id"] == ids["color"] and by_name["rgba.png"]["model_id"] == ids["color"]
+    assert by_name["rgba.png"]["channels"] == 4  # alpha kept
