@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -25,9 +26,8 @@ from _report import print_table, write_json
 
 from raeae.corrupt import NoiseConfig
 from raeae.data import arrays_from_rows, load_source
-from raeae.model import ModelConfig, build_model
-from raeae.patches import PatchSampler
-from raeae.train import EpochTrainer, TrainConfig, train
+from raeae.model import build_model
+from raeae.train import Clock, EpochTrainer, Preset, TrainConfig, make_sampler, train
 
 
 def plain_loop(cfg: TrainConfig) -> dict:
@@ -38,14 +38,14 @@ def plain_loop(cfg: TrainConfig) -> dict:
     if images is None:
         raise SystemExit("bench/train.py takes an IDX folder (MNIST) for the plain loop")
     torch.manual_seed(cfg.seed)
-    sampler = PatchSampler(images, cfg.model.patch_size, cfg.patches_per_image)
+    sampler = make_sampler(images, cfg)  # the same sampler as each Ray Train worker
     model = build_model(cfg.model)
     model.init_output_bias(sampler.mean_patch())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     trainer = EpochTrainer(cfg, model, opt, sampler, torch.device("cpu"))
     samples, seconds = 0, 0.0
     for epoch in range(1, cfg.epochs + 1):
-        s = trainer.run_epoch(epoch, math.inf)
+        s = trainer.run_epoch(epoch, Clock(math.inf))
         samples += s["steps"] * trainer.batch
         seconds += s["epoch_s"]
     return {"samples_per_s": samples / seconds, "loop_s": seconds, "fit_s": None}
@@ -90,9 +90,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="runs/bench-train.json", help="where the table is written as JSON")
     p.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)  # child: one plain loop
     a = p.parse_args(argv)
-    cfg = TrainConfig(data=a.data, output="", epochs=a.epochs, batch_size=a.batch_size, patience=0,
-                      model=ModelConfig(patch_size=28), noise=NoiseConfig(sigma=50),
-                      storage_path=f"{a.out}/ray")
+    # The digits recipe (what `raeae train` uses for MNIST), at the bench's epochs and batch.
+    cfg = replace(Preset.DIGITS.config(), data=a.data, output="", epochs=a.epochs, batch_size=a.batch_size,
+                  patience=0, noise=NoiseConfig(sigma=50), storage_path=f"{a.out}/ray")
     if a.plain_only:
         with open(a.json, "w") as f:
             json.dump(plain_loop(cfg), f)

@@ -2,8 +2,8 @@
 
 Submit to a cluster (or a local head) from the repository root::
 
-    ray job submit --address http://HEAD:8265 --working-dir . \
-        --runtime-env-json '{"pip": ["-e ."], "env_vars": {"AWS_REGION": "us-east-1"}}' \
+    RAY_AUTH_MODE=token RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . \
+        --runtime-env-json '{"excludes": [".venv", ".git", "runs"]}' \
         -- python jobs/nightly.py --help
 
 See README.md ("Running on a Ray cluster") for complete commands.

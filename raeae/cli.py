@@ -42,10 +42,12 @@ def _train(args: argparse.Namespace) -> int:
     preset, cfg = train_config_from_args(args)
     print(f"raeae train: preset {preset.value}")
     r = train(cfg, verbose=args.verbose)
+    best = next((h for h in r.history if h["epoch"] == r.best_epoch), {})
+    quality = (f"validation PSNR noisy {r.best_val_psnr_noisy:.2f} dB -> model {r.best_val_psnr:.2f} dB "
+               f"(+{r.best_val_psnr - r.best_val_psnr_noisy:.2f} dB)" if "val_psnr" in best
+               else f"blind-spot validation loss {best.get('val_ss_loss', float('nan')):.5f}")
     print(f"raeae train: run {r.run_name}: trained {r.epochs_trained} epoch(s) in {r.minutes_trained:.1f} min "
-          f"this time (stopped: {r.stopped or 'not yet'}); best epoch {r.best_epoch}: validation PSNR noisy "
-          f"{r.best_val_psnr_noisy:.2f} dB -> model {r.best_val_psnr:.2f} dB "
-          f"(+{r.best_val_psnr - r.best_val_psnr_noisy:.2f} dB)")
+          f"this time (stopped: {r.stopped or 'not yet'}); best epoch {r.best_epoch}: {quality}")
     print(f"raeae train: checkpoint: {r.checkpoint_uri}")
     return 0
 
@@ -85,6 +87,13 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _archive(args: argparse.Namespace) -> int:
+    from raeae.archive import ArchiveConfig, self_train_and_restore
+
+    self_train_and_restore(config_from_args(ArchiveConfig, args), verbose=args.verbose)
+    return 0
+
+
 def _samples(args: argparse.Namespace) -> int:
     from raeae.demo import SamplesConfig, samples
 
@@ -93,6 +102,7 @@ def _samples(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from raeae.archive import ArchiveConfig
     from raeae.demo import DemoConfig, SamplesConfig
     from raeae.evaluate import EvaluateConfig
     from raeae.export import ExportConfig
@@ -108,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", TrainConfig, _train, "train a denoising autoencoder on Ray Train"),
         ("restore", RestoreConfig, _restore, "restore a collection of images into Parquet with Ray Data"),
         ("nightly", NightlyConfig, _nightly, "restore only what is new in an archive, exactly once"),
+        ("archive", ArchiveConfig, _archive, "learn from a noisy archive itself (no clean images), then "
+                                             "restore all of it"),
         ("export", ExportConfig, _export, "write restored images from Parquet back to image files"),
         ("evaluate", EvaluateConfig, _evaluate, "PSNR/SSIM of a model against classical denoisers"),
         ("demo", DemoConfig, _demo, "the main job end to end on embedded sample photographs"),

@@ -105,3 +105,36 @@ def corrupt(x: torch.Tensor, config: NoiseConfig, gen: torch.Generator) -> torch
     else:
         y = block_mask(x, config.block, gen)
     return y.clamp(0.0, 1.0) if config.clip else y
+
+
+# --- blind-spot masking, for learning from noisy images alone ---------------------------------------
+
+def blind_spot(x: torch.Tensor, ratio: float, gen: torch.Generator, radius: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hide a random ``ratio`` of the pixel positions of each patch ``(N, C, p, p)``: each hidden
+    position takes the value of a random other pixel within ``radius`` (all channels from the same
+    neighbour), as in Noise2Void. Returns the masked input and the mask ``(N, 1, p, p)`` (bool).
+
+    The network cannot tell hidden pixels from the others, so it must estimate every pixel from its
+    surroundings; pixel-independent noise cannot be estimated that way, the signal can. The loss is
+    taken on the hidden pixels only (:func:`masked_mse`)."""
+    n, _, h, w = x.shape
+    mask = torch.rand((n, 1, h, w), generator=gen, device=x.device) < ratio
+    dy = torch.randint(-radius, radius + 1, (n, 1, h, w), generator=gen, device=x.device)
+    dx = torch.randint(-radius, radius + 1, (n, 1, h, w), generator=gen, device=x.device)
+    dx = torch.where((dy == 0) & (dx == 0), torch.ones_like(dx), dx)  # never the pixel itself
+    rows = (torch.arange(h, device=x.device).view(1, 1, h, 1) + dy).clamp(0, h - 1)
+    cols = (torch.arange(w, device=x.device).view(1, 1, 1, w) + dx).clamp(0, w - 1)
+    # A clamped offset can land back on the pixel itself at the border: mirror it inward instead.
+    rows = torch.where((rows == torch.arange(h, device=x.device).view(1, 1, h, 1)) & (cols == torch.arange(
+        w, device=x.device).view(1, 1, 1, w)), (rows + 1) % h, rows)
+    flat = (rows * w + cols).expand(-1, x.shape[1], -1, -1).reshape(n, x.shape[1], -1)
+    neighbour = torch.gather(x.reshape(n, x.shape[1], -1), 2, flat).view_as(x)
+    return torch.where(mask, neighbour, x), mask
+
+
+def masked_mse(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the hidden pixels only; ``out``/``target`` ``(N, C*p*p)``, ``mask``
+    ``(N, 1, p, p)``."""
+    n = out.shape[0]
+    m = mask.expand(-1, out.shape[1] // mask[0].numel(), -1, -1).reshape(n, -1).to(out.dtype)
+    return ((out - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)

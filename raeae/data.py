@@ -151,11 +151,13 @@ class TrainingSource:
 
 
 def load_source(uri: str, channels: int, val_fraction: float, seed: int,
-                storage: StorageConfig = StorageConfig()) -> TrainingSource:
+                storage: StorageConfig = StorageConfig(), max_images: int = 0) -> TrainingSource:
     """Find the training data at ``uri`` (IDX folder/file, or image folder/prefix) and split off a
     stable validation part. Raises :class:`StorageError` with one line when there is nothing usable."""
     if find_idx(uri, "train", storage) is not None:
         arr = load_idx(uri, "train", storage)
+        if 0 < max_images < len(arr):
+            arr = arr[np.random.default_rng(seed).permutation(len(arr))[:max_images]]
         order = np.random.default_rng(seed).permutation(len(arr))
         n_val = max(1, int(round(len(arr) * val_fraction)))
         val, train = arr[order[:n_val]], arr[order[n_val:]]
@@ -166,6 +168,9 @@ def load_source(uri: str, channels: int, val_fraction: float, seed: int,
     paths = [f["path"] for f in list_images(uri, storage)]
     if not paths:
         raise StorageError(f"{uri}: no images found (png, jpg, tif, bmp, webp, ...) and no IDX file")
+    if 0 < max_images < len(paths):  # a seeded sample, e.g. of a large archive to learn from
+        keep = set(np.random.default_rng(seed).choice(len(paths), size=max_images, replace=False).tolist())
+        paths = [p for i, p in enumerate(paths) if i in keep]
     val = [p for p in paths if is_validation(p, val_fraction, seed)]
     if not val and len(paths) > 1:  # tiny folders: still hold one image out
         val = [paths[-1]]

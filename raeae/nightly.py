@@ -200,7 +200,7 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
     if summary["rows"] != len(todo):  # never commit a run that lost or doubled rows
         raise RuntimeError(f"run {run_id} wrote {summary['rows']} rows for {len(todo)} files; not committed")
     seq = (manifests[-1]["seq"] + 1) if manifests else 1
-    manifest = {"run_id": run_id, "seq": seq, "model_id": model_id, "archive": cfg.archive,
+    manifest = {"run_id": run_id, "seq": seq, "model": cfg.model, "model_id": model_id, "archive": cfg.archive,
                 "files": [posixpath.relpath(f, root) for f in data_files], **summary,
                 "inputs_listed": len(files), "inputs_restored": len(todo), "reprocess": cfg.reprocess,
                 "committed_at": datetime.now(timezone.utc).isoformat(), "output": cfg.output}

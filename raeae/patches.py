@@ -34,7 +34,7 @@ class PatchSampler:
     Patches stay uint8 until a batch is made, to keep the training set small in memory.
     """
 
-    def __init__(self, images: list[torch.Tensor], patch: int, patches_per_image: int = 0):
+    def __init__(self, images: list[torch.Tensor], patch: int, patches_per_image: int = 0, min_patches: int = 0):
         if not images:
             raise ValueError("no training images")
         self.patch = patch
@@ -44,12 +44,13 @@ class PatchSampler:
             groups.setdefault(tuple(img.shape), []).append(img)
         self.groups = [torch.stack(g) for g in groups.values()]
         self.patches_per_image = patches_per_image
+        self.min_per_image = -(-min_patches // len(images))  # ceil: at least min_patches in all
 
     def per_image(self, group: torch.Tensor) -> int:
         """Patches per image per epoch; automatic = about one non-overlapping cover of the image."""
         if self.patches_per_image > 0:
             return self.patches_per_image
-        return max(1, (group.shape[2] // self.patch) * (group.shape[3] // self.patch))
+        return max(1, self.min_per_image, (group.shape[2] // self.patch) * (group.shape[3] // self.patch))
 
     def __len__(self) -> int:
         return sum(g.shape[0] * self.per_image(g) for g in self.groups)

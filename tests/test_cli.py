@@ -12,7 +12,7 @@ COMMANDS = list(build_parser()._subparsers._group_actions[0].choices)
 
 
 def test_the_commands_are_the_documented_ones():
-    assert COMMANDS == ["train", "restore", "nightly", "export", "evaluate", "demo", "samples"]
+    assert COMMANDS == ["train", "restore", "nightly", "archive", "export", "evaluate", "demo", "samples"]
 
 
 def test_version(capsys):

@@ -1,0 +1,81 @@
+"""Learn from the damaged archive itself, then restore all of it: one job for archives that have no
+clean copies.
+
+Step 1 trains a model on (a sample of) the archive's own noisy images with blind-spot masking
+(``TrainConfig.self_supervised``); step 2 is a nightly run with that model, so the output has the
+nightly guarantees (exactly once, committed by a manifest). The model is kept under
+``OUTPUT/_models/<run id>/`` and the run's manifest names it, so every row can be traced to the model
+that made it and that model to its training settings and data.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from raeae.data import to_channels
+from raeae.images import decode
+from raeae.model import photo_config
+from raeae.nightly import NightlyConfig, nightly
+from raeae.storage import StorageConfig, list_images, read_bytes, resolve
+from raeae.train import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    """Learn from a noisy archive itself (no clean images needed), then restore all of it."""
+
+    archive: str = field(default="", metadata={"help": "folder or prefix of the noisy archive (local, s3://...)"})
+    output: str = field(default="", metadata={"help": "nightly-style output: run=<id>/, _manifests/, and the "
+                                                      "model under _models/<id>/"})
+    max_minutes: float = field(default=10.0, metadata={"help": "training time budget (10: see the README's "
+                                                               "self-supervised quality row)"})
+    max_images: int = field(default=2000, metadata={"help": "learn from a random sample of at most this many "
+                                                            "archive files (a few thousand patches-rich images "
+                                                            "are plenty for a patch model)"})
+    channels: int = field(default=0, metadata={"help": "1 gray or 3 colour model; 0 = what most of the first "
+                                                       "50 archive images are"})
+    workers: int = field(default=1, metadata={"help": "Ray Train workers"})
+    gpu: bool = field(default=False, metadata={"help": "train and restore on GPUs"})
+    run_id: str = field(default="", metadata={"help": "name of the run (default: UTC time)"})
+    seed: int = field(default=0, metadata={"help": "seed for the sample, masking and init"})
+    storage: StorageConfig = StorageConfig()
+
+    def __post_init__(self) -> None:
+        if self.channels not in (0, 1, 3):
+            raise ValueError(f"channels must be 0, 1 or 3, got {self.channels}")
+
+
+def majority_channels(archive: str, storage: StorageConfig, look_at: int = 50) -> int:
+    """3 if most of the first ``look_at`` decodable images are colour, else 1."""
+    fs, _ = resolve(archive, storage)
+    colour = gray = 0
+    for f in list_images(archive, storage)[:look_at]:
+        try:
+            img = decode(read_bytes(fs, f["path"].split("://", 1)[-1]))[0]
+        except (OSError, ValueError):
+            continue
+        rgb = to_channels(img, 3 if img.ndim == 3 and img.shape[2] >= 3 else 1)
+        colour, gray = colour + (rgb.shape[2] == 3), gray + (rgb.shape[2] == 1)
+    return 3 if colour > gray else 1
+
+
+def self_train_and_restore(cfg: ArchiveConfig, verbose: bool = False) -> dict:
+    """Train on the archive (self-supervised), then restore it with that model; returns the manifest."""
+    for name in ("archive", "output"):
+        if not getattr(cfg, name):
+            raise ValueError(f"--{name} is required")
+    run_id = cfg.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    root = cfg.output.rstrip("/")
+    model_dir = posixpath.join(root, "_models", run_id)
+    channels = cfg.channels or majority_channels(cfg.archive, cfg.storage)
+    print(f"raeae archive: step 1/2: learn from the noisy images of {cfg.archive} ({'colour' if channels == 3 else 'gray'} "
+          f"model, up to {cfg.max_images} files, {cfg.max_minutes:g} min)")
+    train(TrainConfig(data=cfg.archive, output=model_dir, model=photo_config(channels), self_supervised=True,
+                      max_images=cfg.max_images, max_minutes=cfg.max_minutes, workers=cfg.workers, gpu=cfg.gpu,
+                      seed=cfg.seed, storage=cfg.storage, storage_path=posixpath.join(root, "_models", "ray")),
+          verbose=verbose)
+    print(f"raeae archive: step 2/2: restore all of {cfg.archive} with it")
+    return nightly(NightlyConfig(model=model_dir, archive=cfg.archive, output=cfg.output, run_id=run_id),
+                   verbose=verbose)
