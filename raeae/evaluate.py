@@ -197,6 +197,11 @@ def evaluate_restored(cfg: EvaluateConfig, printer: Callable[[str], None] = prin
         matched += 1
         scores["noisy input"].append((psnr(ref, noisy), ssim(ref, noisy)))
         scores["raeae"].append((psnr(ref, out), ssim(ref, out)))
+        if cfg.baselines:  # the classical methods on the very same stored noisy files
+            x = noisy.astype(np.float64) / 255.0
+            for method, fn in classical(_sigma(cfg.noise, noisy), 2 if x.ndim == 3 else None).items():
+                est = np.clip(fn(x) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                scores.setdefault(method, []).append((psnr(ref, est), ssim(ref, est)))
     if not matched:
         raise ValueError(f"no ok row of {cfg.restored} matches a clean image in {cfg.data} by file name")
     result = {"restored": cfg.restored, "data": cfg.data, "images": matched, "noise": cfg.noise.to_dict(),

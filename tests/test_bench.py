@@ -54,10 +54,13 @@ def test_bench_quality(ray_session, tmp_path):
     copy_samples(tmp_path / "test_color", ("chelsea.png",))
     out = run_bench(ray_session, "quality.py", "--train", str(tmp_path / "train"), "--test", str(tmp_path / "test"),
                     "--test-color", str(tmp_path / "test_color"), "--sigmas", "25", "--minutes", "0.05",
-                    "--out", str(tmp_path / "q"))
+                    "--self-supervised-minutes", "0.05", "--out", str(tmp_path / "q"))
     assert "| σ |" in out and "| 25 |" in out
     rows = json.loads((tmp_path / "q" / "quality.json").read_text())
     gray = rows["gray"][0]["methods"]
     assert rows["gray"][0]["sigma"] == 25 and gray["fresh 0.05 min"]["psnr"] > 0
     assert {"builtin:gray", "noisy input", "TV (Chambolle)", "NL-means"} <= set(gray)
     assert {"builtin:color", "builtin:gray per channel"} <= set(rows["color"][0]["methods"])
+    ss = rows["self_supervised"]
+    assert ss["archive"]["images"] == 2 and {"raeae", "TV (Chambolle)"} <= set(ss["archive"]["methods"])
+    assert "self-supervised" in ss["test"]["methods"] and "| raeae self-supervised |" in out
