@@ -60,7 +60,10 @@ def package(trained: str, target: str, command: str, commit: str, test_data: str
     history = state.get("history", [])
     provenance = {
         "command": command, "commit": commit, "train_data": state.get("train_config", {}).get("data", ""),
-        "train_minutes": round(max((h.get("elapsed_s", h.get("train_loop_s", 0.0)) for h in history), default=0.0) / 60, 1),
+        # wall minutes of the run (validation included); runs from before elapsed_s was recorded: the
+        # minutes inside the training loops
+        "train_minutes": round((max((h.get("elapsed_s", 0.0) for h in history), default=0.0)
+                                or sum(h.get("epoch_s", 0.0) for h in history)) / 60, 1),
         "epochs": len(history), "test_data": test_data, "test_images": len(images),
         "psnr_db": measure(model, images, list(sigmas)), "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "dtype": "float16",

@@ -105,10 +105,16 @@ class Restorer:
     file rows to result rows, one each, never raising for a bad file. With two models
     (``builtin:auto``) each image goes to the one made for it (colour or gray)."""
 
-    def __init__(self, model_bytes: list[bytes], storage: StorageConfig, stride: int, tile_batch: int,
+    def __init__(self, model: str, model_id: str, storage: StorageConfig, stride: int, tile_batch: int,
                  max_pixels: int, png_level: int, threads: int, input_uri: str, gpu: bool = False):
         if threads > 0:
             torch.set_num_threads(threads)
+        # Each actor reads the checkpoint itself (a URI is a small constructor argument; megabytes of
+        # weights as one make Ray's core log an error line per actor, and a restarted actor re-reads
+        # them from storage), then checks it is the model the driver announced.
+        model_bytes = ckpt.read_models(model, storage)
+        if "+".join(ckpt.model_id(b) for b in model_bytes) != model_id:
+            raise RuntimeError(f"{model} changed while the run was starting (expected model {model_id})")
         # The device follows the config (--gpu), never what happens to be installed on the node.
         self.device = torch.accelerator.current_accelerator() if gpu else torch.device("cpu")
         self.models, self.model_ids, self.strides = [], {}, {}
@@ -197,7 +203,7 @@ def run_pipeline(files: list[dict], model_bytes: list[bytes], cfg: RestoreConfig
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(
         Restorer,
-        fn_constructor_kwargs={"model_bytes": model_bytes,
+        fn_constructor_kwargs={"model": cfg.model, "model_id": "+".join(ckpt.model_id(b) for b in model_bytes),
                                "storage": cfg.storage.with_environment(), "stride": cfg.stride,
                                "tile_batch": cfg.tile_batch, "max_pixels": cfg.max_pixels,
                                "png_level": cfg.png_level, "threads": max(1, int(cpus + 0.5)),
