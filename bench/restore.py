@@ -55,7 +55,8 @@ def plain(model_path: str, folder: str, out: str) -> dict:
     files = list_images(folder)
     d = RestoreConfig()  # the defaults `raeae restore` runs with
     r = Restorer(model_path, ckpt.model_id(ckpt.read_checkpoint_bytes(model_path)), StorageConfig(), d.stride,
-                 d.tile_batch, d.max_pixels, d.png_level, torch.get_num_threads(), folder)
+                 d.tile_batch, d.max_pixels, d.png_level, torch.get_num_threads(), folder, blend=d.blend,
+                 ensemble=d.ensemble)
     t0 = time.perf_counter()
     tables = []
     os.makedirs(out, exist_ok=True)

@@ -20,6 +20,7 @@ from raeae.data import load_images
 from raeae.images import encode_png
 from raeae.inference import pick_model, restore_array, to_tensor, to_uint8
 from raeae.metrics import psnr, ssim
+from raeae.patches import Blend
 from raeae.storage import StorageConfig
 
 
@@ -34,6 +35,8 @@ class EvaluateConfig:
     seed: int = field(default=0, metadata={"help": "seed of the noise (the same noisy images for every method)"})
     limit: int = field(default=0, metadata={"help": "evaluate only the first N images (0 = all)"})
     stride: int = field(default=0, metadata={"help": "tile stride (0 = the checkpoint's recommendation)"})
+    blend: Blend = field(default=Blend.GAUSSIAN, metadata={"help": "tile blending, as in restore"})
+    ensemble: bool = field(default=False, metadata={"help": "8 flips/rotations averaged, as in restore"})
     baselines: bool = field(default=True, metadata={"help": "also run TV, wavelet and NL-means"})
     output: str = field(default="runs/evaluate", metadata={"help": "local folder for evaluate.json and grid.png"})
     grid_images: int = field(default=4, metadata={"help": "images shown in the before/after grid"})
@@ -129,7 +132,7 @@ def evaluate(cfg: EvaluateConfig, printer: Callable[[str], None] = print) -> dic
         add("noisy input", clean, noisy, 0.0)
         t0 = time.perf_counter()
         model = pick_model(models, noisy)
-        restored = restore_array(model, noisy, strides[id(model)])
+        restored = restore_array(model, noisy, strides[id(model)], blend=cfg.blend, ensemble=cfg.ensemble)
         add("raeae", clean, restored, time.perf_counter() - t0)
         outputs = {}
         if cfg.baselines:

@@ -12,7 +12,7 @@ import torch
 
 from raeae.images import join_alpha, split_alpha
 from raeae.model import DenseAutoencoder
-from raeae.patches import restore_tiles
+from raeae.patches import Blend, restore_tiles
 
 
 def default_stride(patch: int) -> int:
@@ -34,9 +34,25 @@ def to_uint8(t: torch.Tensor, squeeze: bool) -> np.ndarray:
 
 
 @torch.inference_mode()
+def _dihedral_views(batch: torch.Tensor):
+    """The 8 flips/rotations of a batch ``(B, C, H, W)``, each with its inverse."""
+    for k in range(4):
+        for flip in (False, True):
+            def fwd(t, k=k, flip=flip):
+                t = torch.rot90(t, k, dims=(2, 3))
+                return torch.flip(t, dims=(3,)) if flip else t
+
+            def inv(t, k=k, flip=flip):
+                t = torch.flip(t, dims=(3,)) if flip else t
+                return torch.rot90(t, -k, dims=(2, 3))
+            yield fwd, inv
+
+
 def restore_array(model: DenseAutoencoder, image: np.ndarray, stride: int | None = None,
-                  batch_size: int = 4096, device: torch.device | str | None = None) -> np.ndarray:
-    """Restore a uint8 image (H×W, H×W×1..4) of any size; returns uint8 of the same shape."""
+                  batch_size: int = 4096, device: torch.device | str | None = None,
+                  blend: Blend = Blend.GAUSSIAN, ensemble: bool = False) -> np.ndarray:
+    """Restore a uint8 image (H×W, H×W×1..4) of any size; returns uint8 of the same shape. With
+    ``ensemble`` the image is restored in its 8 flips/rotations and the results averaged (8× the work)."""
     if image.dtype != np.uint8:
         raise TypeError(f"expected a uint8 image, got {image.dtype}")
     if image.ndim not in (2, 3) or image.size == 0:
@@ -57,7 +73,11 @@ def restore_array(model: DenseAutoencoder, image: np.ndarray, stride: int | None
     def fn(flat: torch.Tensor) -> torch.Tensor:
         return model(flat).clamp_(0.0, 1.0)
 
-    out = restore_tiles(fn, batch, cfg.patch_size, stride, batch_size=batch_size)
+    if ensemble:
+        out = sum(inv(restore_tiles(fn, fwd(batch), cfg.patch_size, stride, batch_size=batch_size, blend=blend))
+                  for fwd, inv in _dihedral_views(batch)) / 8
+    else:
+        out = restore_tiles(fn, batch, cfg.patch_size, stride, batch_size=batch_size, blend=blend)
     if cfg.channels == 1:
         y = out.squeeze(1)
     elif gray_in:

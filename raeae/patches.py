@@ -9,6 +9,7 @@ huge images.
 
 from __future__ import annotations
 
+import enum
 from typing import Callable
 
 import torch
@@ -98,13 +99,29 @@ def _padded_size(n: int, patch: int, stride: int) -> int:
     return m if rem == 0 else m + stride - rem
 
 
+class Blend(enum.Enum):
+    """How overlapping tiles' outputs are averaged into one pixel."""
+
+    FLAT = "flat"  # every tile counts the same
+    GAUSSIAN = "gaussian"  # tiles count more near their centre, where the model saw the most context
+
+    def window(self, patch: int) -> torch.Tensor | None:
+        """Per-pixel weights of one ``patch``×``patch`` tile (None: flat)."""
+        if self is Blend.FLAT:
+            return None
+        d = torch.arange(patch, dtype=torch.float32) - (patch - 1) / 2
+        g = torch.exp(-(d ** 2) / (2 * (patch / 4) ** 2))
+        return g[:, None] * g[None, :]
+
+
 def restore_tiles(fn: PatchFn, image: torch.Tensor, patch: int, stride: int,
-                  batch_size: int = 4096, max_tiles: int = 65536) -> torch.Tensor:
+                  batch_size: int = 4096, max_tiles: int = 65536, blend: Blend = Blend.FLAT) -> torch.Tensor:
     """Run ``fn`` over overlapping tiles of ``image`` ``(B, C, H, W)`` and blend them back.
 
     The image is replicate-padded on the bottom/right so the tile grid covers it, so any size from
-    1×1 works. Where tiles overlap their outputs are averaged. With an identity ``fn`` the result is
-    the input (up to float rounding). At most ``max_tiles`` tiles are held at once.
+    1×1 works. Where tiles overlap their outputs are averaged, weighted by ``blend``'s window. With an
+    identity ``fn`` the result is the input (up to float rounding). At most ``max_tiles`` tiles are
+    held at once.
     """
     if not 1 <= stride <= patch:
         raise ValueError(f"stride must be in [1, patch size {patch}], got {stride}")
@@ -115,6 +132,8 @@ def restore_tiles(fn: PatchFn, image: torch.Tensor, patch: int, stride: int,
     band_rows = max(1, max_tiles // max(1, cols * b))
     acc = torch.zeros_like(x)
     weight = torch.zeros((1, 1, hp, wp), dtype=x.dtype, device=x.device)
+    window = blend.window(patch)
+    win = None if window is None else window.to(x.device, x.dtype).reshape(1, 1, patch * patch)
     for r0 in range(0, rows, band_rows):  # bands of tile rows, to bound memory on huge images
         r1 = min(rows, r0 + band_rows)
         y0, y1 = r0 * stride, (r1 - 1) * stride + patch
@@ -124,7 +143,10 @@ def restore_tiles(fn: PatchFn, image: torch.Tensor, patch: int, stride: int,
         flat = tiles.transpose(1, 2).reshape(b * n_tiles, c * patch * patch)
         out = torch.cat([fn(flat[i:i + batch_size]) for i in range(0, flat.shape[0], batch_size)])
         out = out.reshape(b, n_tiles, c * patch * patch).transpose(1, 2)
-        acc[:, :, y0:y1, :] += F.fold(out, (y1 - y0, wp), patch, stride=stride)
         ones = torch.ones((1, patch * patch, n_tiles), dtype=x.dtype, device=x.device)
+        if win is not None:
+            out = (out.reshape(b, c, patch * patch, n_tiles) * win.reshape(1, 1, -1, 1)).reshape_as(out)
+            ones = ones * win.reshape(1, -1, 1)
+        acc[:, :, y0:y1, :] += F.fold(out, (y1 - y0, wp), patch, stride=stride)
         weight[:, :, y0:y1, :] += F.fold(ones, (y1 - y0, wp), patch, stride=stride)
     return (acc / weight)[:, :, :h, :w]

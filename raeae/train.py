@@ -36,7 +36,7 @@ from raeae.images import decode
 from raeae.inference import default_stride
 from raeae.metrics import batch_psnr
 from raeae.model import ModelConfig, build_model, digits_config, parameter_count, photo_config
-from raeae.patches import PatchSampler, dihedral, restore_tiles
+from raeae.patches import Blend, PatchSampler, dihedral, restore_tiles
 from raeae.runs import choose_run, write_record
 from raeae.storage import StorageConfig, StorageError, list_images, read_bytes, resolve, write_bytes
 
@@ -355,7 +355,8 @@ def validate(model, val: list[torch.Tensor], cfg: TrainConfig, device: torch.dev
     for imgs in groups.values():
         clean = torch.stack(imgs).to(device).float().div_(255.0)
         noisy = corrupt(clean, cfg.noise, gen).clamp(0, 1).mul(255).round().div(255)
-        restored = restore_tiles(lambda x: module(x).clamp(0, 1), noisy, cfg.model.patch_size, cfg.val_stride)
+        restored = restore_tiles(lambda x: module(x).clamp(0, 1), noisy, cfg.model.patch_size, cfg.val_stride,
+                                 blend=Blend.GAUSSIAN)
         noisy_psnr.append(batch_psnr(clean, noisy))
         model_psnr.append(batch_psnr(clean, restored))
     module.train()
@@ -380,7 +381,8 @@ def validate_self_supervised(model, val: list[torch.Tensor], cfg: TrainConfig, d
         for n_img, c_img in zip(val, clean):
             noisy = n_img.unsqueeze(0).to(device).float().div_(255.0)
             ref = c_img.unsqueeze(0).to(device).float().div_(255.0)
-            restored = restore_tiles(lambda x: module(x).clamp(0, 1), noisy, cfg.model.patch_size, cfg.val_stride)
+            restored = restore_tiles(lambda x: module(x).clamp(0, 1), noisy, cfg.model.patch_size, cfg.val_stride,
+                                 blend=Blend.GAUSSIAN)
             noisy_db.append(batch_psnr(ref, noisy))
             model_db.append(batch_psnr(ref, restored))
         out.update(val_psnr_noisy=float(torch.cat(noisy_db).mean()), val_psnr=float(torch.cat(model_db).mean()))

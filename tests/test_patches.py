@@ -4,7 +4,7 @@ import torch
 
 from raeae.inference import restore_image
 from raeae.model import ModelConfig, build_model
-from raeae.patches import PatchSampler, dihedral, restore_tiles
+from raeae.patches import Blend, PatchSampler, dihedral, restore_tiles
 
 
 def identity(x):
@@ -73,3 +73,28 @@ def test_dihedral_keeps_each_patch_a_symmetry_of_itself():
     for a, b in zip(x, y):
         assert sorted(a.flatten().tolist()) == sorted(b.flatten().tolist())
     assert not torch.equal(x, y)
+
+
+@pytest.mark.parametrize("blend", list(Blend))
+def test_every_blend_gives_back_the_input_for_an_identity_model(blend):
+    img = torch.rand(2, 3, 37, 29)
+    out = restore_tiles(lambda t: t, img, 8, 3, blend=blend)
+    assert torch.allclose(out, img, atol=1e-5)
+
+
+def test_gaussian_blend_weighs_tile_centres_more():
+    w = Blend.GAUSSIAN.window(13)
+    assert w.shape == (13, 13) and w[6, 6] == w.max() and w[0, 0] < 0.2 * w[6, 6]
+    assert Blend.FLAT.window(13) is None
+
+
+def test_ensemble_of_flips_and_rotations_is_exact_for_an_equivariant_model():
+    from raeae.inference import restore_array
+    from raeae.model import ModelConfig, build_model
+
+    model = build_model(ModelConfig(patch_size=4, hidden=(8,), latent=4, decoder_hidden=(), residual=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()  # residual net with zero weights: the identity, which every flip/rotation preserves
+    img = np.random.default_rng(0).integers(0, 256, (21, 17), dtype=np.uint8)
+    assert np.array_equal(restore_array(model, img, ensemble=True), img)
