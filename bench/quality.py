@@ -130,8 +130,9 @@ def main(argv=None) -> int:
             print(f"fresh σ={sigma:g} model: {(time.perf_counter() - t0) / 60:.1f} min including Ray start-up")
         if models:
             gray_rows.append({"sigma": sigma, **score(models, a.test, sigma, a.limit, f"{a.out}/gray")})
-        if a.test_color and bundled >= {BUILTIN + "color", BUILTIN + "gray"}:
-            color = {"builtin:color": BUILTIN + "color", "builtin:gray per channel": BUILTIN + "gray"}
+        if a.test_color and BUILTIN + "gray" in bundled:
+            color = {"builtin:color": BUILTIN + "color"} if BUILTIN + "color" in bundled else {}
+            color["builtin:gray per channel"] = BUILTIN + "gray"
             color_rows.append({"sigma": sigma, **score(color, a.test_color, sigma, a.limit, f"{a.out}/color")})
     cpus = os.cpu_count() or 1
     if gray_rows:

@@ -57,7 +57,8 @@ def package(trained: str, target: str, command: str, commit: str, test_data: str
     # fp16 halves the size; measure what ships, the fp16 weights, not the fp32 ones.
     half = {k: v.to(torch.float16) for k, v in state["model"].items()}
     model.load_state_dict(half)
-    history = state.get("history", [])
+    # a slim export keeps the history at the top; a Ray Train checkpoint keeps it in its progress
+    history = state.get("history") or state.get("progress", {}).get("history", [])
     provenance = {
         "command": command, "commit": commit, "train_data": state.get("train_config", {}).get("data", ""),
         # wall minutes of the run (validation included); runs from before elapsed_s was recorded: the
@@ -68,7 +69,7 @@ def package(trained: str, target: str, command: str, commit: str, test_data: str
         "psnr_db": measure(model, images, list(sigmas)), "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "dtype": "float16",
     }
-    slim = {k: v for k, v in state.items() if k not in ("history",)}
+    slim = {k: v for k, v in state.items() if k not in ("history", "optimizer", "progress")}
     slim["model"] = half
     slim["provenance"] = provenance
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)

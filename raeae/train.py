@@ -348,13 +348,19 @@ def validate(model, val: list[torch.Tensor], cfg: TrainConfig, device: torch.dev
     module = model.module if hasattr(model, "module") else model
     module.eval()
     gen = torch.Generator().manual_seed(cfg.seed + 7919)
+    noise = cfg.noise
+    if noise.sigma_max > noise.sigma:
+        # Blind training: validate at the middle of the range. Random σ per image let a few nearly
+        # clean images (σ≈0, 40+ dB) dominate the mean, which then fell while the model improved
+        # (measured on the colour model: 26.48 -> 26.21 dB over 10 epochs as the train loss fell 14 %).
+        noise = replace(noise, sigma=(noise.sigma + noise.sigma_max) / 2, sigma_max=0.0)
     groups: dict[tuple, list[torch.Tensor]] = {}
     for img in val:
         groups.setdefault(tuple(img.shape), []).append(img)
     noisy_psnr, model_psnr = [], []
     for imgs in groups.values():
         clean = torch.stack(imgs).to(device).float().div_(255.0)
-        noisy = corrupt(clean, cfg.noise, gen).clamp(0, 1).mul(255).round().div(255)
+        noisy = corrupt(clean, noise, gen).clamp(0, 1).mul(255).round().div(255)
         restored = restore_tiles(lambda x: module(x).clamp(0, 1), noisy, cfg.model.patch_size, cfg.val_stride,
                                  blend=Blend.GAUSSIAN)
         noisy_psnr.append(batch_psnr(clean, noisy))

@@ -1,5 +1,9 @@
 """The bundled models: they load by name, restore well above the noisy input, say where they came
-from, fit the size budget, and `raeae restore` with no --model sends each image to the right one."""
+from, fit the size budget, and `raeae restore` with no --model sends each image to the right one.
+
+Only builtin:gray ships for now: the colour model trained in this round (25 contended CPU minutes on
+CBSD432) restored CBSD68 worse than the gray model channel by channel (25.3 against 28.2 dB at σ=25),
+so builtin:auto sends colour images to the gray model, channel by channel."""
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,7 +18,7 @@ from raeae.evaluate import make_noisy
 from raeae.metrics import psnr
 from tests.conftest import photo
 
-NAMES = ("gray", "color")
+NAMES = ("gray",)
 
 
 def test_bundled_models_fit_the_budget_in_half_precision():
@@ -36,7 +40,7 @@ def test_bundled_model_carries_its_provenance(name):
 
 
 @pytest.mark.parametrize("name,image,sigma", [("gray", "camera.png", 25), ("gray", "coins.png", 50),
-                                              ("color", "astronaut.png", 25), ("color", "coffee.png", 15)])
+                                              ("gray", "astronaut.png", 25), ("gray", "coffee.png", 15)])
 def test_bundled_model_restores_well_above_the_noisy_input(name, image, sigma):
     model = raeae.load_model(f"builtin:{name}")
     clean = photo(image)[:192, :192]
@@ -66,5 +70,6 @@ def test_restore_without_model_sends_each_image_to_its_bundled_model(ray_session
     rows = pq.read_table(tmp_path / "out").to_pylist()
     by_name = {r["path"].rsplit("/", 1)[1]: r for r in rows}
     assert by_name["gray.png"]["model_id"] == ids["gray"]
-    assert by_name["rgb.png"]["model_id"] == ids["color"] and by_name["rgba.png"]["model_id"] == ids["color"]
-    assert by_name["rgba.png"]["channels"] == 4  # alpha kept
+    colour_model = ids.get("color", ids["gray"])  # without a bundled colour model: gray, channel by channel
+    assert by_name["rgb.png"]["model_id"] == colour_model and by_name["rgba.png"]["model_id"] == colour_model
+    assert by_name["rgba.png"]["channels"] == 4 and by_name["rgb.png"]["channels"] == 3  # alpha kept
