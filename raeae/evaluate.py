@@ -29,7 +29,7 @@ class EvaluateConfig:
     """Compare a model with classical denoisers on clean images corrupted with a known noise."""
 
     model: str = field(default=AUTO, metadata={"help": "checkpoint folder or model.pt, or builtin:auto / "
-                                                       "builtin:gray / builtin:color"})
+                                                       "builtin:NAME"})
     data: str = field(default="", metadata={"help": "folder of clean images, or an IDX folder (its t10k split)"})
     noise: NoiseConfig = NoiseConfig()
     seed: int = field(default=0, metadata={"help": "seed of the noise (the same noisy images for every method)"})

@@ -39,7 +39,7 @@ MANIFESTS = "_manifests"
 class NightlyConfig:
     """Restore what is new or changed in an archive since the last committed run, exactly once."""
 
-    model: str = field(default=ckpt.AUTO, metadata={"help": "builtin:auto, builtin:gray, builtin:color, or a "
+    model: str = field(default=ckpt.AUTO, metadata={"help": "builtin:auto, builtin:NAME, or a "
                                                             "checkpoint folder or model.pt (local or s3://)"})
     archive: str = field(default="", metadata={"help": "folder or prefix of the growing image archive"})
     output: str = field(default="", metadata={"help": "nightly output: one run=<id>/ folder per run plus "

@@ -51,11 +51,11 @@ SUMMARY_FILE = "_summary.json"
 class RestoreConfig:
     """Restore every image under an input prefix into Parquet, with a summary."""
 
-    model: str = field(default=ckpt.AUTO, metadata={"help": "builtin:auto (the bundled colour model for colour "
-                                                            "images, the gray one for gray images), "
-                                                            "builtin:gray, builtin:color, or a checkpoint "
-                                                            "folder or model.pt (local or s3://), from "
-                                                     "`raeae train --output`"})
+    model: str = field(default=ckpt.AUTO, metadata={
+        "help": "builtin:auto (per image, the bundled model made for it: gray images to builtin:gray, "
+                "colour ones to a bundled colour model when one ships, else to builtin:gray channel by "
+                "channel), builtin:NAME, or a checkpoint folder or model.pt (local or s3://) from "
+                "`raeae train --output`"})
     input: str = field(default="", metadata={"help": "folder or prefix of images (local, s3://, gs://...), "
                                                      "searched recursively"})
     output: str = field(default="", metadata={"help": "folder or prefix that receives the Parquet files and "

@@ -61,7 +61,7 @@ class TrainConfig:
     noise: NoiseConfig = NoiseConfig()
     storage: StorageConfig = StorageConfig()
     init: str = field(default="", metadata={
-        "help": "start from this checkpoint's weights (fine-tuning; also builtin:gray / builtin:color); "
+        "help": "start from this checkpoint's weights (fine-tuning; also builtin:gray); "
                 "its model config replaces the model flags"})
     epochs: int = field(default=0, metadata={
         "help": "passes over the training patches; 0 = no epoch limit, train until --max-minutes is spent"})

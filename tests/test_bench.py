@@ -64,3 +64,9 @@ def test_bench_quality(ray_session, tmp_path):
     ss = rows["self_supervised"]
     assert ss["archive"]["images"] == 2 and {"raeae", "TV (Chambolle)"} <= set(ss["archive"]["methods"])
     assert "self-supervised" in ss["test"]["methods"] and "| raeae self-supervised |" in out
+
+
+def test_bench_levers(ray_session, tmp_path):
+    copy_samples(tmp_path / "test", ("camera.png",))
+    out = run_bench(ray_session, "levers.py", "--test", str(tmp_path / "test"), "--limit", "1")
+    assert out.count("| flat") == 3 and "| gaussian s6 |" in out
