@@ -63,7 +63,8 @@ def test_local_head_section_runs_line_by_line(tmp_path):
         p = run_bash("\n".join(blocks("local-head")), fresh_shell_env(home, venv_on_path=False))
     finally:
         kill_processes_of(home)
-    assert "Job 'raysubmit_" in p.stdout and "succeeded" in p.stdout, p.stdout[-3000:]
+    said = p.stdout + p.stderr
+    assert "Job 'raysubmit_" in said and "succeeded" in said, said[-3000:]
     import raeae
 
     rows = raeae.read_restored(str(ROOT / "runs" / "nightly"))
@@ -96,4 +97,4 @@ def test_mnist_example_trains_at_a_tiny_budget(tmp_path):
         p = run_bash("\n".join(blocks("mnist")), fresh_shell_env(home, venv_on_path=True))
     finally:
         kill_processes_of(home)
-    assert "preset digits" in p.stdout and "validation PSNR" in p.stdout
+    assert "preset digits" in p.stdout and "validation PSNR" in p.stdout, p.stdout[-2000:]
