@@ -55,14 +55,20 @@ def kill_processes_of(home: Path) -> None:
             continue
 
 
-def test_local_head_section_runs_line_by_line(tmp_path):
-    """A fresh shell follows the local-head section: token, venv, head, sample archive, nightly job."""
+def run_section(name: str, tmp_path: Path, venv_on_path: bool) -> subprocess.CompletedProcess:
+    """Section ``name``'s blocks in a fresh shell with its own HOME; whatever they leave running is
+    stopped afterwards, whatever happened."""
     home = tmp_path / "home"
     home.mkdir()
     try:
-        p = run_bash("\n".join(blocks("local-head")), fresh_shell_env(home, venv_on_path=False))
+        return run_bash("\n".join(blocks(name)), fresh_shell_env(home, venv_on_path))
     finally:
         kill_processes_of(home)
+
+
+def test_local_head_section_runs_line_by_line(tmp_path):
+    """A fresh shell follows the local-head section: token, venv, head, sample archive, nightly job."""
+    p = run_section("local-head", tmp_path, venv_on_path=False)
     said = p.stdout + p.stderr
     assert "Job 'raysubmit_" in said and "succeeded" in said, said[-3000:]
     import raeae
@@ -73,12 +79,7 @@ def test_local_head_section_runs_line_by_line(tmp_path):
 
 def test_examples_run_and_the_duckdb_query_reads_their_output(tmp_path, monkeypatch):
     """The restore / export examples and the DuckDB query on their Parquet."""
-    home = tmp_path / "home"
-    home.mkdir()
-    try:
-        run_bash("\n".join(blocks("examples")), fresh_shell_env(home, venv_on_path=True))
-    finally:
-        kill_processes_of(home)
+    run_section("examples", tmp_path, venv_on_path=True)
     import duckdb
 
     con = duckdb.connect()
@@ -91,10 +92,5 @@ def test_examples_run_and_the_duckdb_query_reads_their_output(tmp_path, monkeypa
 
 @pytest.mark.skipif(not SHARED_MNIST.exists(), reason="needs ../shared/data/mnist")
 def test_mnist_example_trains_at_a_tiny_budget(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    try:
-        p = run_bash("\n".join(blocks("mnist")), fresh_shell_env(home, venv_on_path=True))
-    finally:
-        kill_processes_of(home)
+    p = run_section("mnist", tmp_path, venv_on_path=True)
     assert "preset digits" in p.stdout and "validation PSNR" in p.stdout, p.stdout[-2000:]
