@@ -167,8 +167,8 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
     model_bytes = ckpt.read_models(cfg.model, storage)
     for b in model_bytes:
         ckpt.parse(b, cfg.model)  # fail fast on a bad checkpoint
-    model_ids = {ckpt.model_id(b) for b in model_bytes}
-    model_id = "+".join(ckpt.model_id(b) for b in model_bytes)
+    ids = [ckpt.model_id(b) for b in model_bytes]
+    model_ids, model_id = set(ids), "+".join(ids)
     files = list_images(cfg.archive, storage)
     fs, root = resolve(cfg.output, storage)
     try:
@@ -194,7 +194,7 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
         restore_cfg = RestoreConfig(**{**cfg.restore.__dict__, "model": cfg.model, "input": cfg.archive,
                                        "output": cfg.output})
         out_uri = f"{cfg.output.rstrip('/')}/run={run_id}"
-        run_pipeline(todo, model_bytes, restore_cfg, out_uri)
+        run_pipeline(todo, model_id, restore_cfg, out_uri)
     data_files = parquet_files(fs, run_dir)
     summary = summarise(fs, data_files, time.perf_counter() - t0)
     if summary["rows"] != len(todo):  # never commit a run that lost or doubled rows

@@ -122,16 +122,17 @@ class Restorer:
         # weights as one make Ray's core log an error line per actor, and a restarted actor re-reads
         # them from storage), then checks it is the model the driver announced.
         model_bytes = ckpt.read_models(model, storage)
-        if "+".join(ckpt.model_id(b) for b in model_bytes) != model_id:
+        ids = [ckpt.model_id(b) for b in model_bytes]
+        if "+".join(ids) != model_id:
             raise RuntimeError(f"{model} changed while the run was starting (expected model {model_id})")
         # The device follows the config (--gpu), never what happens to be installed on the node.
         self.device = torch.accelerator.current_accelerator() if gpu else torch.device("cpu")
         self.models, self.model_ids, self.strides = [], {}, {}
-        for data in model_bytes:
+        for data, data_id in zip(model_bytes, ids):
             state = ckpt.parse(data)
             model = ckpt.model_from_state(state).to(self.device)
             self.models.append(model)
-            self.model_ids[id(model)] = ckpt.model_id(data)
+            self.model_ids[id(model)] = data_id
             self.strides[id(model)] = stride or int(state.get("inference", {}).get("stride", 0)) or \
                 default_stride(model.config.patch_size)
         self.fs, _ = resolve(input_uri, storage)
@@ -201,7 +202,7 @@ def _work_list(files: list[dict]) -> list[dict]:
     return sorted(files, key=lambda f: -f["size"])
 
 
-def run_pipeline(files: list[dict], model_bytes: list[bytes], cfg: RestoreConfig, out_uri: str) -> None:
+def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: str) -> None:
     """Stream ``files`` through the model into Parquet under ``out_uri``."""
     import ray
     import ray.data
@@ -214,7 +215,7 @@ def run_pipeline(files: list[dict], model_bytes: list[bytes], cfg: RestoreConfig
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(
         Restorer,
-        fn_constructor_kwargs={"model": cfg.model, "model_id": "+".join(ckpt.model_id(b) for b in model_bytes),
+        fn_constructor_kwargs={"model": cfg.model, "model_id": model_id,
                                "storage": cfg.storage.with_environment(), "stride": cfg.stride,
                                "tile_batch": cfg.tile_batch, "max_pixels": cfg.max_pixels,
                                "png_level": cfg.png_level, "threads": max(1, int(cpus + 0.5)),
@@ -331,7 +332,7 @@ def restore(cfg: RestoreConfig, verbose: bool = False) -> dict:
     t0 = time.perf_counter()
     spilled_before = spilled_bytes()
     if files:
-        run_pipeline(files, model_bytes, cfg, cfg.output)
+        run_pipeline(files, model_id, cfg, cfg.output)
     wall = time.perf_counter() - t0
     spilled_after = spilled_bytes()
     spilled = None if spilled_before is None or spilled_after is None else spilled_after - spilled_before
