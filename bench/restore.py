@@ -1,9 +1,19 @@
-"""Restore throughput: a plain single-process loop vs the Ray Data pipeline, same files, same work
-(read -> decode -> tile -> model -> stitch -> PNG encode -> Parquet), measured in one run, at 1x and
-4x collection sizes; with the peak memory (PSS) summed over all processes and the Ray object store's
-peak. Each setup runs in a fresh process of its own (Ray Data on a fresh local Ray), as a user runs it.
+"""Restore throughput: `raeae restore` against a plain single-process PyTorch loop doing the same work
+(read -> decode -> `raeae.restore_image` -> PNG encode -> one Parquet file), on the same files with the
+same model, each run in a fresh process of its own as a user runs it, repeats interleaved, medians.
 
-    .venv/bin/python bench/restore.py --images 5000 --scales 1,4 [--model CKPT]
+Cases (noisy σ=25 crops of the embedded sample photographs, gray and colour):
+
+* ``small``: 20,000 images of 28×28 to 64×64;
+* ``mixed``: 3,000 files, 2,800 of 64×64 and 200 of 180×180;
+* ``large``: 24 images of 512×512 to 1024×768;
+* ``startup``: 1, 100 and 10,000 images of 64×64 (fixed costs: start-to-first-row and end to end).
+
+For `raeae restore` it also reports each stage's share of the busy time (decode / model actor / encode,
+from the per-row timings in the Parquet) and the model's forward passes' share of the actor's time: the
+part a GPU would speed up.
+
+    .venv/bin/python bench/restore.py --cases small,mixed,large,startup --repeats 3 [--model builtin:auto]
 """
 
 from __future__ import annotations
@@ -12,137 +22,164 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from PIL import Image
 
 from _report import print_table, write_json
 
-from raeae import checkpoint as ckpt
 from raeae.corrupt import NoiseConfig
 from raeae.data import SAMPLE_TRAIN, sample_dir
 from raeae.evaluate import make_noisy
 from raeae.images import decode
-from raeae.metrics import PeakMemory
-from raeae.model import build_model, photo_config
-from raeae.restore import Restorer, RestoreConfig, object_store_used, restore
-from raeae.storage import StorageConfig, list_images
+
+CASES = {
+    # name: [(count, smallest side, largest side), ...]
+    "small": [(20000, 28, 64)],
+    "mixed": [(2800, 64, 64), (200, 180, 180)],
+    "large": [(24, 512, 1024)],
+}
+STARTUP_SIZES = (1, 100, 10000)
 
 
-def make_collection(folder: str, n: int, seed: int = 0) -> None:
-    """n noisy PNG crops of the sample photographs: 90 % small (64-128 px), 10 % large (256-512 px)."""
+def make_collection(folder: str, parts: list[tuple[int, int, int]], seed: int = 0) -> None:
+    """Noisy PNG crops of the sample photographs (gray ones stay gray); larger sides are upscaled."""
     rng = np.random.default_rng(seed)
     photos = [decode((sample_dir() / s).read_bytes())[0] for s in SAMPLE_TRAIN]
     os.makedirs(folder, exist_ok=True)
-    for i in range(n):
-        img = photos[i % len(photos)]
-        side = int(rng.integers(256, 513)) if i % 10 == 0 else int(rng.integers(64, 129))
-        h, w = min(side, img.shape[0]), min(side, img.shape[1])
-        y, x = rng.integers(0, img.shape[0] - h + 1), rng.integers(0, img.shape[1] - w + 1)
-        Image.fromarray(make_noisy(img[y:y + h, x:x + w], NoiseConfig(sigma=25), i)).save(
-            f"{folder}/{i:06d}.png", compress_level=1)
+    i = 0
+    for count, lo, hi in parts:
+        for _ in range(count):
+            img = photos[i % len(photos)]
+            h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+            if h > img.shape[0] or w > img.shape[1]:
+                img = np.asarray(Image.fromarray(img).resize((max(w, img.shape[1]), max(h, img.shape[0]))))
+            y, x = rng.integers(0, img.shape[0] - h + 1), rng.integers(0, img.shape[1] - w + 1)
+            Image.fromarray(make_noisy(img[y:y + h, x:x + w], NoiseConfig(sigma=25), i)).save(
+                f"{folder}/{i:06d}.png", compress_level=1)
+            i += 1
 
 
-def plain(model_path: str, folder: str, out: str) -> dict:
-    """The same Restorer code, called on one batch after another in this process."""
-    files = list_images(folder)
-    d = RestoreConfig()  # the defaults `raeae restore` runs with
-    r = Restorer(model_path, ckpt.model_id(ckpt.read_checkpoint_bytes(model_path)), StorageConfig(), d.stride,
-                 d.tile_batch, d.max_pixels, d.png_level, torch.get_num_threads(), folder, blend=d.blend,
-                 ensemble=d.ensemble)
-    t0 = time.perf_counter()
-    tables = []
+def plain_loop(model: str, folder: str, out: str) -> None:
+    """The baseline: one process, one image after another through the public API, one Parquet file."""
+    import pyarrow as pa
+    import torch  # noqa: F401 - imported before timing-relevant work, as any PyTorch script does
+
+    import raeae
+    from raeae import checkpoint as ckpt
+    from raeae.images import channels, encode_png
+    from raeae.inference import pick_model
+    from raeae.restore import SCHEMA
+    from raeae.storage import list_images
+
+    models = [ckpt.model_from_state(ckpt.parse(b)) for b in ckpt.read_models(model)]
+    rows = []
+    for f in list_images(folder):
+        t0 = time.perf_counter()
+        row = {"path": f["path"], "status": "ok", "source_size": f["size"], "model_id": "plain"}
+        try:
+            with open(f["path"], "rb") as fh:
+                image, mode = decode(fh.read())
+            restored = raeae.restore_image(pick_model(models, image), image)
+            row.update(image=encode_png(restored, 1), width=restored.shape[1], height=restored.shape[0],
+                       channels=channels(restored), source_mode=mode)
+        except Exception as exc:  # noqa: BLE001
+            row.update(status="error", error=str(exc))
+        row.update(restored_at=int(time.time() * 1e6), seconds=time.perf_counter() - t0)
+        rows.append(row)
     os.makedirs(out, exist_ok=True)
-    for i in range(0, len(files), d.batch_size):
-        chunk = files[i:i + d.batch_size]
-        tables.append(r({"path": [f["path"] for f in chunk], "size": [f["size"] for f in chunk],
-                         "mtime": [f["mtime"] for f in chunk]}))
-        if sum(t.nbytes for t in tables) >= d.file_mb * 2**20:  # same files as Ray Data
-            pq.write_table(pa.concat_tables(tables), f"{out}/part-{i:06d}.parquet")
-            tables = []
-    if tables:
-        pq.write_table(pa.concat_tables(tables), f"{out}/part-last.parquet")
-    wall = time.perf_counter() - t0
-    pixels = sum(w * h for w, h in zip(*[pq.read_table(out, columns=["width", "height"])[c].to_pylist()
-                                          for c in ("width", "height")]) if w)
-    return {"images_per_s": len(files) / wall, "megapixels_per_s": pixels / 1e6 / wall, "wall_s": wall}
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), f"{out}/part-0.parquet")
 
 
-def ray_data(model_path: str, folder: str, out: str) -> dict:
-    """The Ray Data pipeline (`raeae restore`) on a fresh local Ray, as a user runs it."""
-    import ray
+def run_one(setup: str, model: str, folder: str, out: str) -> dict:
+    """One measured run in a fresh process: wall time from launch to exit, and to the first row."""
+    shutil.rmtree(out, ignore_errors=True)
+    if setup == "plain":
+        cmd = [sys.executable, __file__, "--plain-child", "--model", model, "--folder", folder, "--out", out]
+    else:
+        raeae = os.path.join(os.path.dirname(sys.executable), "raeae")
+        cmd = [raeae, "restore", "--model", model, "--input", folder, "--output", out]
+    start = time.time()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    wall = time.time() - start
+    t = pq.read_table(out, columns=[c for c in ("restored_at", "width", "height", "decode_s", "restore_s",
+                                                "forward_s", "encode_s", "status")
+                                    if setup == "raeae" or c in ("restored_at", "width", "height", "status")])
+    first = min(t["restored_at"].to_pylist()).timestamp() - start
+    ok = [s == "ok" for s in t["status"].to_pylist()]
+    pixels = sum(w * h for w, h, k in zip(t["width"].to_pylist(), t["height"].to_pylist(), ok) if k)
+    r = {"wall_s": wall, "first_row_s": first, "rows": len(t), "megapixels": pixels / 1e6}
+    if setup == "raeae":
+        for c in ("decode_s", "restore_s", "forward_s", "encode_s"):
+            r[c] = float(np.nansum(t[c].to_numpy(zero_copy_only=False)))
+    return r
 
-    ray.init(log_to_driver=False)
-    with PeakMemory(every_s=1.0, gauge=object_store_used, pss=False) as mem:
-        s = restore(RestoreConfig(model=model_path, input=folder, output=out))
-    return {"images_per_s": s["images_per_s"], "megapixels_per_s": s["megapixels_per_s"], "wall_s": s["wall_s"],
-            "peak_object_store_mib": mem.peak_gauge / 2**20}
 
-
-def measure(setup: str, model_path: str, folder: str, out: str) -> dict:
-    """Run one setup in its own process (nothing left over from the other), sampling the PSS of every
-    process on the machine from here once a second (a sample costs ~50 ms of CPU)."""
-    result = out + ".json"
-    cmd = [sys.executable, __file__, "--one", setup, "--model", model_path, "--folder", folder, "--out", out,
-           "--json", result]
-    with PeakMemory(every_s=1.0) as mem:
-        subprocess.run(cmd, check=True)
-    with open(result) as f:
-        r = json.load(f)
-    return {"peak_object_store_mib": 0.0, **r, "peak_pss_gib": mem.peak_pss / 2**30}
+def median_run(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=5000, help="images at scale 1")
-    p.add_argument("--scales", default="1,4", help="collection sizes as multiples of --images")
-    p.add_argument("--model", default="", help="checkpoint (default: an untrained demo-sized model; speed "
-                                               "does not depend on the weights)")
-    p.add_argument("--workdir", default="", help="scratch folder (default: a temporary one)")
+    p.add_argument("--cases", default="small,mixed,large,startup", help="comma separated: small, mixed, large, "
+                                                                        "startup")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per setup; medians reported")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every case's image counts (smoke runs)")
+    p.add_argument("--model", default="builtin:auto", help="the model both setups restore with")
+    p.add_argument("--workdir", default="", help="scratch folder, kept between runs (default: a temporary one)")
     p.add_argument("--json", default="runs/bench-restore.json")
-    p.add_argument("--one", choices=("plain", "ray"), help=argparse.SUPPRESS)  # one measured setup (child)
+    p.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.one:
-        r = (plain if a.one == "plain" else ray_data)(a.model, a.folder, a.out)
-        with open(a.json, "w") as f:
-            json.dump(r, f)
+    if a.plain_child:
+        plain_loop(a.model, a.folder, a.out)
         return 0
 
     work = a.workdir or tempfile.mkdtemp(prefix="raeae-bench-")
-    model_path = a.model
-    if not model_path:
-        cfg = photo_config()  # the shipped photo recipe's network (an untrained copy: speed only)
-        model_path = f"{work}/model"
-        ckpt.save(ckpt.checkpoint_state(build_model(cfg), cfg), model_path)
-    rows = []
-    for scale in [float(s) for s in a.scales.split(",")]:
-        n = int(a.images * scale)
-        folder = f"{work}/images-{n}"
+    cases = [c.strip() for c in a.cases.split(",") if c.strip()]
+    jobs = []  # (label, folder, setups)
+    for case in cases:
+        if case == "startup":
+            for n in sorted({max(1, round(n * a.scale)) for n in STARTUP_SIZES}):
+                jobs.append((f"startup {n}", f"{work}/startup-{n}", [(n, 64, 64)]))
+        else:
+            parts = [(max(1, round(n * a.scale)), lo, hi) for n, lo, hi in CASES[case]]
+            jobs.append((case, f"{work}/{case}-{sum(n for n, _, _ in parts)}", parts))
+    results = []
+    for label, folder, parts in jobs:
         if not os.path.isdir(folder):
-            make_collection(folder, n)
-        for setup, name in (("plain", "plain loop"), ("ray", "Ray Data")):
-            out = f"{work}/out-{name.replace(' ', '-')}-{n}"
-            shutil.rmtree(out, ignore_errors=True)
-            rows.append({"images": n, "setup": name, **measure(setup, model_path, folder, out)})
+            make_collection(folder, parts)
+        runs = {"plain": [], "raeae": []}
+        for rep in range(a.repeats):  # interleaved, so slow drifts of the machine hit both setups alike
+            for setup in ("plain", "raeae"):
+                r = run_one(setup, a.model, folder, f"{work}/out-{setup}")
+                runs[setup].append(r)
+                print(f"{label} #{rep + 1} {setup}: {r['wall_s']:.1f} s (first row {r['first_row_s']:.1f} s)",
+                      flush=True)
+        results.append({"case": label, "images": runs["plain"][0]["rows"],
+                        "plain": median_run(runs["plain"]), "raeae": median_run(runs["raeae"]), "runs": runs})
     print()
-    table = []
-    for r in rows:
-        base = next(x for x in rows if x["images"] == r["images"] and x["setup"] == "plain loop")
-        table.append([str(r["images"]), r["setup"], f"{r['images_per_s']:.1f}", f"{r['megapixels_per_s']:.2f}",
-                      f"{r['images_per_s'] / base['images_per_s']:.2f}", f"{r['wall_s']:.1f}",
-                      f"{r['peak_pss_gib']:.2f}", f"{r['peak_object_store_mib']:.0f}"])
-    print_table(["images", "setup", "images/s", "MP/s", "ratio to plain", "wall s", "peak PSS GiB (all processes)",
-                 "peak object store MiB"], table, right={0, 2, 3, 4, 5, 6, 7})
-    write_json(a.json, rows)
+    rows = []
+    for res in results:
+        pl, ra = res["plain"], res["raeae"]
+        busy = ra["decode_s"] + ra["restore_s"] + ra["encode_s"]
+        rows.append([res["case"], str(res["images"]), f"{pl['wall_s']:.1f}", f"{ra['wall_s']:.1f}",
+                     f"{pl['wall_s'] / ra['wall_s']:.2f}", f"{pl['megapixels'] / pl['wall_s']:.2f}",
+                     f"{ra['megapixels'] / ra['wall_s']:.2f}", f"{pl['first_row_s']:.1f}", f"{ra['first_row_s']:.1f}",
+                     f"{ra['decode_s'] / busy:.0%} / {ra['restore_s'] / busy:.0%} / {ra['encode_s'] / busy:.0%}",
+                     f"{ra['forward_s'] / max(ra['restore_s'], 1e-9):.0%}"])
+    print_table(["case", "images", "plain loop s", "raeae restore s", "speed-up (plain / raeae)", "plain MP/s",
+                 "raeae MP/s", "plain first row s", "raeae first row s", "busy: decode / model actor / encode",
+                 "forward share of actor"], rows, right=set(range(1, 11)))
+    print(f"\nmedians of {a.repeats} interleaved runs per setup, each a fresh process; model {a.model}")
+    write_json(a.json, results)
     return 0
 
 

@@ -39,6 +39,25 @@ class Head(enum.Enum):
     LINEAR = "linear"  # unbounded: needed in residual mode, where the head predicts signed noise
 
 
+class ColorMode(enum.Enum):
+    """How a 3-channel model sees a colour patch."""
+
+    # One network over the whole p×p×3 vector. From scratch on 2 CPUs it stayed far below a gray
+    # model applied per RGB channel (25.3 vs 27.9 dB on CBSD68 σ=25 after 25 minutes).
+    JOINT = "joint"
+    # RGB is turned into luma and two chroma planes by a fixed orthonormal colour transform (as CBM3D
+    # does), and one shared network restores each p×p plane. The transform uses the correlation between
+    # the channels: the luma plane carries 1/√3 of the noise, chroma planes are smooth. Measured with the
+    # bundled gray network, before any colour training: +1.45 dB over per-channel RGB on CBSD68 σ=25.
+    OPPONENT = "opponent"
+
+
+# Rows: the planes (luma, red-blue, green-magenta) scaled so each stays in [0, 1] for RGB in [0, 1];
+# up to the scaling this is an orthonormal basis, so white noise stays white in every plane.
+OPPONENT_MATRIX = ((1 / 3, 1 / 3, 1 / 3), (1 / 2, 0.0, -1 / 2), (1 / 4, -1 / 2, 1 / 4))
+OPPONENT_OFFSET = (0.0, 0.5, 0.5)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of a :class:`DenseAutoencoder`. Defaults are the seed's MNIST network."""
@@ -60,6 +79,9 @@ class ModelConfig:
     residual: bool = field(default=False, metadata={
         "help": "predict the noise and return input minus it (residual learning, as in DnCNN); "
                 "forces a linear output head"})
+    color: ColorMode = field(default=ColorMode.OPPONENT, metadata={
+        "help": "3-channel models only: 'opponent' restores luma and two chroma planes with one shared "
+                "network (measured far better on 2 CPUs), 'joint' feeds the whole p×p×3 patch to one network"})
 
     def __post_init__(self) -> None:
         if self.patch_size < 1:
@@ -71,7 +93,18 @@ class ModelConfig:
 
     @property
     def features(self) -> int:
+        """Values per flattened patch the model takes and returns: p·p·c."""
         return self.patch_size * self.patch_size * self.channels
+
+    @property
+    def planes(self) -> bool:
+        """True when one network restores each colour plane on its own (``ColorMode.OPPONENT``)."""
+        return self.channels == 3 and self.color is ColorMode.OPPONENT
+
+    @property
+    def net_features(self) -> int:
+        """Width of the network's first and last layer: one plane in opponent mode, else ``features``."""
+        return self.patch_size * self.patch_size if self.planes else self.features
 
     def to_dict(self) -> dict:
         """Plain types only, so a checkpoint loads with ``torch.load(weights_only=True)``."""
@@ -80,6 +113,7 @@ class ModelConfig:
         d["decoder_hidden"] = list(self.decoder_hidden)
         d["activation"] = self.activation.value
         d["head"] = self.head.value
+        d["color"] = self.color.value
         return d
 
     @classmethod
@@ -93,6 +127,8 @@ class ModelConfig:
             activation=Activation(d["activation"]),
             head=Head(d["head"]),
             residual=bool(d["residual"]),
+            # checkpoints from before colour modes were joint
+            color=ColorMode(d.get("color", ColorMode.JOINT.value)),
         )
 
 
@@ -134,16 +170,23 @@ class DenseAutoencoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.encoder = nn.Sequential(*_mlp([config.features, *config.hidden, config.latent], config.activation))
+        n = config.net_features
+        self.encoder = nn.Sequential(*_mlp([n, *config.hidden, config.latent], config.activation))
         self.decoder = nn.Sequential(*_mlp([config.latent, *config.decoder_hidden], config.activation),
-                                     nn.Linear(([config.latent, *config.decoder_hidden])[-1], config.features))
+                                     nn.Linear(([config.latent, *config.decoder_hidden])[-1], n))
+        # buffers, so they follow .to(device) and dtype; not persistent: fixed, not learnt
+        m = torch.tensor(OPPONENT_MATRIX)
+        self.register_buffer("to_planes", m, persistent=False)
+        self.register_buffer("from_planes", torch.linalg.inv(m), persistent=False)
+        self.register_buffer("plane_offset", torch.tensor(OPPONENT_OFFSET).reshape(1, 3, 1), persistent=False)
 
     @torch.no_grad()
     def init_output_bias(self, mean_patch: torch.Tensor) -> None:
         """Start from the data's mean patch instead of flat grey ("init well"): the untrained net then
         already outputs the mean, and the first hundreds of steps are not spent learning it. Measured on
-        MNIST σ=76: +2.5 dB after 222 steps. Residual heads predict zero-mean noise and keep 0."""
-        if self.config.residual:
+        MNIST σ=76: +2.5 dB after 222 steps. Residual heads predict zero-mean noise and keep 0, and a
+        network shared by colour planes has no single mean patch."""
+        if self.config.residual or self.config.planes:
             return
         bias = self.decoder[-1].bias
         m = mean_patch.reshape(-1).to(bias)
@@ -151,7 +194,8 @@ class DenseAutoencoder(nn.Module):
 
     @property
     def sigmoid_head(self) -> bool:
-        return self.config.head is Head.SIGMOID and not self.config.residual
+        """True when ``forward`` is the sigmoid of ``logits`` (so BCE can be taken on the logits)."""
+        return self.config.head is Head.SIGMOID and not self.config.residual and not self.config.planes
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The last layer's raw values: pre-sigmoid intensities, or the noise estimate in residual mode.
@@ -164,14 +208,28 @@ class DenseAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
         """Restored patches; with ``logits=True`` the last layer's raw values (for BCE on logits).
         Going through ``forward`` keeps DDP's gradient hooks in play for both."""
-        z = self.logits(x)
-        if logits:
-            return z
+        if self.config.planes:
+            if logits:
+                raise ValueError("an opponent-colour model has no pixel logits; train it with mse")
+            return self._forward_planes(x)
+        return self._restore(x, self.logits(x)) if not logits else self.logits(x)
+
+    def _restore(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The network's raw values ``z`` for input ``x`` as restored values."""
         if self.config.residual:
             return x - z
-        if self.sigmoid_head:
+        if self.config.head is Head.SIGMOID:
             return torch.sigmoid(z)
         return z
+
+    def _forward_planes(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB patches -> luma/chroma planes -> the shared network on each plane -> RGB patches."""
+        n, pp = x.shape[0], self.config.patch_size ** 2
+        rgb = x.reshape(n, 3, pp)
+        planes = torch.einsum("pc,ncx->npx", self.to_planes, rgb) + self.plane_offset
+        flat = planes.reshape(n * 3, pp)
+        out = self._restore(flat, self.logits(flat)).reshape(n, 3, pp) - self.plane_offset
+        return torch.einsum("cp,npx->ncx", self.from_planes, out).reshape(n, 3 * pp)
 
 
 def build_model(config: ModelConfig) -> DenseAutoencoder:

@@ -10,6 +10,7 @@ huge images.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -114,6 +115,89 @@ class Blend(enum.Enum):
         return g[:, None] * g[None, :]
 
 
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the overlapping p×p tiles of a ``(B, C, H, W)`` batch lie: the batch is replicate-padded
+    on the bottom/right to ``(hp, wp)`` so the grid covers it exactly, whatever its size."""
+
+    shape: tuple[int, int, int, int]
+    patch: int
+    stride: int
+
+    @classmethod
+    def of(cls, image: torch.Tensor, patch: int, stride: int) -> "TileGrid":
+        if not 1 <= stride <= patch:
+            raise ValueError(f"stride must be in [1, patch size {patch}], got {stride}")
+        return cls(tuple(image.shape), patch, stride)
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        _, _, h, w = self.shape
+        return _padded_size(h, self.patch, self.stride), _padded_size(w, self.patch, self.stride)
+
+    @property
+    def rows(self) -> int:
+        return (self.padded[0] - self.patch) // self.stride + 1
+
+    @property
+    def cols(self) -> int:
+        return (self.padded[1] - self.patch) // self.stride + 1
+
+    @property
+    def count(self) -> int:
+        """Flattened tiles of the whole batch."""
+        return self.shape[0] * self.rows * self.cols
+
+    def pad(self, image: torch.Tensor) -> torch.Tensor:
+        hp, wp = self.padded
+        h, w = self.shape[2:]
+        return F.pad(image, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else image
+
+    def tiles(self, band: torch.Tensor) -> torch.Tensor:
+        """Flattened tiles ``(B*L, C*p*p)`` of a padded image or band of tile rows."""
+        b, c = self.shape[:2]
+        t = F.unfold(band, self.patch, stride=self.stride)  # (B, C*p*p, L)
+        return t.transpose(1, 2).reshape(-1, c * self.patch * self.patch)
+
+    def add(self, acc: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, y0: int, y1: int,
+            window: torch.Tensor | None) -> None:
+        """Blend a band's tile outputs ``(B*L, C*p*p)`` into the running sums ``acc``/``weight``
+        over padded rows ``y0:y1``."""
+        b, c = self.shape[:2]
+        pp = self.patch * self.patch
+        n = out.shape[0] // b
+        out = out.reshape(b, n, c * pp).transpose(1, 2)
+        ones = torch.ones((1, pp, n), dtype=acc.dtype, device=acc.device)
+        if window is not None:
+            win = window.to(acc.device, acc.dtype).reshape(1, 1, pp, 1)
+            out = (out.reshape(b, c, pp, n) * win).reshape(b, c * pp, n)
+            ones = ones * win.reshape(1, pp, 1)
+        size = (y1 - y0, self.padded[1])
+        acc[:, :, y0:y1, :] += F.fold(out.to(acc.dtype), size, self.patch, stride=self.stride)
+        weight[:, :, y0:y1, :] += F.fold(ones, size, self.patch, stride=self.stride)
+
+    def blend(self, out: torch.Tensor, like: torch.Tensor, window: torch.Tensor | None) -> torch.Tensor:
+        """The whole batch's tile outputs ``(count, C*p*p)`` blended back to ``(B, C, H, W)``."""
+        acc, weight = self.sums(like)
+        self.add(acc, weight, out, 0, self.padded[0], window)
+        return self.finish(acc, weight)
+
+    def sums(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c = self.shape[:2]
+        hp, wp = self.padded
+        return (torch.zeros((b, c, hp, wp), dtype=like.dtype, device=like.device),
+                torch.zeros((1, 1, hp, wp), dtype=like.dtype, device=like.device))
+
+    def finish(self, acc: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        h, w = self.shape[2:]
+        return (acc / weight)[:, :, :h, :w]
+
+
+def run_chunks(fn: PatchFn, flat: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``fn`` over ``flat`` in chunks of ``batch_size`` rows (bounds the activations' memory)."""
+    return torch.cat([fn(flat[i:i + batch_size]) for i in range(0, flat.shape[0], batch_size)])
+
+
 def restore_tiles(fn: PatchFn, image: torch.Tensor, patch: int, stride: int,
                   batch_size: int = 4096, max_tiles: int = 65536, blend: Blend = Blend.FLAT) -> torch.Tensor:
     """Run ``fn`` over overlapping tiles of ``image`` ``(B, C, H, W)`` and blend them back.
@@ -123,30 +207,14 @@ def restore_tiles(fn: PatchFn, image: torch.Tensor, patch: int, stride: int,
     identity ``fn`` the result is the input (up to float rounding). At most ``max_tiles`` tiles are
     held at once.
     """
-    if not 1 <= stride <= patch:
-        raise ValueError(f"stride must be in [1, patch size {patch}], got {stride}")
-    b, c, h, w = image.shape
-    hp, wp = _padded_size(h, patch, stride), _padded_size(w, patch, stride)
-    x = F.pad(image, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else image
-    rows, cols = (hp - patch) // stride + 1, (wp - patch) // stride + 1
-    band_rows = max(1, max_tiles // max(1, cols * b))
-    acc = torch.zeros_like(x)
-    weight = torch.zeros((1, 1, hp, wp), dtype=x.dtype, device=x.device)
+    grid = TileGrid.of(image, patch, stride)
+    x = grid.pad(image)
+    acc, weight = grid.sums(x)
     window = blend.window(patch)
-    win = None if window is None else window.to(x.device, x.dtype).reshape(1, 1, patch * patch)
-    for r0 in range(0, rows, band_rows):  # bands of tile rows, to bound memory on huge images
-        r1 = min(rows, r0 + band_rows)
+    band_rows = max(1, max_tiles // max(1, grid.cols * grid.shape[0]))
+    for r0 in range(0, grid.rows, band_rows):  # bands of tile rows, to bound memory on huge images
+        r1 = min(grid.rows, r0 + band_rows)
         y0, y1 = r0 * stride, (r1 - 1) * stride + patch
-        band = x[:, :, y0:y1, :]
-        tiles = F.unfold(band, patch, stride=stride)  # (B, C*p*p, L)
-        n_tiles = tiles.shape[2]
-        flat = tiles.transpose(1, 2).reshape(b * n_tiles, c * patch * patch)
-        out = torch.cat([fn(flat[i:i + batch_size]) for i in range(0, flat.shape[0], batch_size)])
-        out = out.reshape(b, n_tiles, c * patch * patch).transpose(1, 2)
-        ones = torch.ones((1, patch * patch, n_tiles), dtype=x.dtype, device=x.device)
-        if win is not None:
-            out = (out.reshape(b, c, patch * patch, n_tiles) * win.reshape(1, 1, -1, 1)).reshape_as(out)
-            ones = ones * win.reshape(1, -1, 1)
-        acc[:, :, y0:y1, :] += F.fold(out, (y1 - y0, wp), patch, stride=stride)
-        weight[:, :, y0:y1, :] += F.fold(ones, (y1 - y0, wp), patch, stride=stride)
-    return (acc / weight)[:, :, :h, :w]
+        out = run_chunks(fn, grid.tiles(x[:, :, y0:y1, :]), batch_size)
+        grid.add(acc, weight, out, y0, y1, window)
+    return grid.finish(acc, weight)

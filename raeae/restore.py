@@ -1,10 +1,11 @@
-"""Restoring whole collections with Ray Data: list -> actor pool (read, decode, tile, model, stitch,
-encode) -> Parquet.
+"""Restoring whole collections with Ray Data, in stages (see :mod:`raeae.stages`):
+list -> read + decode (CPU tasks) -> model (actor pool, tiles of many images per forward pass)
+-> PNG encode (CPU tasks) -> Parquet.
 
 The work list is the file listing, sorted largest first (longest-processing-time-first scheduling)
-and cut into small blocks that idle actors pull one at a time, so a few huge images cannot pile up
-on one actor. Each file becomes exactly one row; a file that cannot be read or decoded becomes an
-``error`` row with the reason, and the job goes on.
+and cut into small blocks, so a few huge images cannot pile up at the end. Each file becomes exactly
+one row; a file that cannot be read, decoded or restored becomes an ``error`` row with the reason,
+and the job goes on.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import torch
 
 from raeae import checkpoint as ckpt
 from raeae.cluster import connect, show_progress
-from raeae.images import DEFAULT_MAX_PIXELS, channels, decode, encode_png
-from raeae.inference import default_stride, pick_model, restore_array
+from raeae.images import DEFAULT_MAX_PIXELS
 from raeae.patches import Blend
-from raeae.storage import StorageConfig, StorageError, explain, list_images, read_bytes, resolve, write_bytes
+from raeae.stages import ModelStage, decode_batch, encode_batch
+from raeae.storage import StorageConfig, StorageError, explain, list_images, resolve, write_bytes
 
 # The Parquet contract: one row per input file.
 SCHEMA = pa.schema([
@@ -42,7 +42,11 @@ SCHEMA = pa.schema([
     pa.field("source_mtime", pa.timestamp("us", tz="UTC")),  # from the listing
     pa.field("model_id", pa.string(), nullable=False),  # sha256[:16] of the checkpoint file
     pa.field("restored_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("seconds", pa.float32()),  # time spent on this file in the actor
+    pa.field("seconds", pa.float32()),  # time spent on this file in all stages (the sum of the next three)
+    pa.field("decode_s", pa.float32()),  # reading and decoding it (CPU task)
+    pa.field("restore_s", pa.float32()),  # its share of the model actor's time (tiling, model, stitching)
+    pa.field("forward_s", pa.float32()),  # of which in the model's forward passes (what a GPU speeds up)
+    pa.field("encode_s", pa.float32()),  # PNG-encoding it (CPU task)
 ])
 SUMMARY_FILE = "_summary.json"
 
@@ -61,15 +65,15 @@ class RestoreConfig:
     output: str = field(default="", metadata={"help": "folder or prefix that receives the Parquet files and "
                                                       "_summary.json; must be empty"})
     storage: StorageConfig = StorageConfig()
-    actors: int = field(default=0, metadata={"help": "restoring actors (0 = one per CPU, or per GPU with "
-                                                     "--gpu)"})
-    gpu: bool = field(default=False, metadata={"help": "one GPU per actor"})
+    actors: int = field(default=0, metadata={"help": "model actors (0 = one per node on CPUs, its torch "
+                                                     "threads on all the node's cores; one per GPU with --gpu)"})
+    gpu: bool = field(default=False, metadata={"help": "one GPU per model actor (bfloat16 autocast there)"})
     cpus_per_actor: float = field(default=0.0, metadata={
-        "help": "CPUs reserved per actor (0 = 3/4 of the cluster's CPUs shared out, leaving room for the "
-                "Parquet writers; reserving every CPU stalls the pipeline)"})
-    batch_size: int = field(default=16, metadata={
-        "help": "images per actor call and per block of work: 16 measured 1.5x faster than 4 (less "
-                "per-call overhead) while still balancing work and bounding memory"})
+        "help": "CPUs reserved per model actor, also its torch threads (0 = half a node's CPUs reserved, all "
+                "its cores as threads: the decode/encode tasks beside it must fit)"})
+    batch_size: int = field(default=64, metadata={
+        "help": "images per model call; their tiles are packed into shared forward passes (a 64x64 image "
+                "alone is ~100 tiles, too few for an efficient matrix multiply)"})
     tile_batch: int = field(default=4096, metadata={"help": "tiles per model forward pass"})
     stride: int = field(default=0, metadata={"help": "tile stride (0 = the checkpoint's recommendation, "
                                                      "else patch/2); smaller = more overlap, slower (3 "
@@ -103,69 +107,15 @@ class RestoreConfig:
                 raise ValueError(msg)
 
 
-def _ts(seconds: float | None):
-    return None if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)) else \
-        int(seconds * 1_000_000)
+@dataclass(frozen=True)
+class Plan:
+    """How the stages are laid out on the cluster."""
 
-
-class Restorer:
-    """Ray Data callable class: loads the model(s) once in ``__init__``; ``__call__`` maps a batch of
-    file rows to result rows, one each, never raising for a bad file. With two models
-    (``builtin:auto``) each image goes to the one made for it (colour or gray)."""
-
-    def __init__(self, model: str, model_id: str, storage: StorageConfig, stride: int, tile_batch: int,
-                 max_pixels: int, png_level: int, threads: int, input_uri: str, gpu: bool = False,
-                 blend: Blend = Blend.GAUSSIAN, ensemble: bool = False):
-        if threads > 0:
-            torch.set_num_threads(threads)
-        # Each actor reads the checkpoint itself (a URI is a small constructor argument; megabytes of
-        # weights as one make Ray's core log an error line per actor, and a restarted actor re-reads
-        # them from storage), then checks it is the model the driver announced.
-        model_bytes = ckpt.read_models(model, storage)
-        ids = [ckpt.model_id(b) for b in model_bytes]
-        if "+".join(ids) != model_id:
-            raise RuntimeError(f"{model} changed while the run was starting (expected model {model_id})")
-        # The device follows the config (--gpu), never what happens to be installed on the node.
-        self.device = torch.accelerator.current_accelerator() if gpu else torch.device("cpu")
-        self.models, self.model_ids, self.strides = [], {}, {}
-        for data, data_id in zip(model_bytes, ids):
-            state = ckpt.parse(data)
-            model = ckpt.model_from_state(state).to(self.device)
-            self.models.append(model)
-            self.model_ids[id(model)] = data_id
-            self.strides[id(model)] = stride or int(state.get("inference", {}).get("stride", 0)) or \
-                default_stride(model.config.patch_size)
-        self.fs, _ = resolve(input_uri, storage)
-        self.tile_batch, self.max_pixels, self.png_level = tile_batch, max_pixels, png_level
-        self.blend, self.ensemble = blend, ensemble
-
-    def restore_one(self, path: str) -> dict:
-        """Read, decode, restore and encode one file; raises on a bad file."""
-        data = read_bytes(self.fs, path.split("://", 1)[1] if "://" in path else path)
-        image, mode = decode(data, self.max_pixels)
-        model = pick_model(self.models, image)
-        restored = restore_array(model, image, self.strides[id(model)], self.tile_batch, self.device,
-                                 blend=self.blend, ensemble=self.ensemble)
-        png = encode_png(restored, self.png_level)
-        return {"image": png, "width": restored.shape[1], "height": restored.shape[0],
-                "channels": channels(restored), "source_mode": mode, "model_id": self.model_ids[id(model)]}
-
-    def __call__(self, batch: dict) -> pa.Table:
-        rows = []
-        for path, size, mtime in zip(batch["path"], batch["size"], batch["mtime"]):
-            t0 = time.perf_counter()
-            row = {"path": str(path), "image": None, "width": None, "height": None, "channels": None,
-                   "source_mode": None, "status": "ok", "error": None, "source_size": int(size),
-                   "source_mtime": _ts(float(mtime)) if mtime is not None else None}
-            try:
-                row.update(self.restore_one(str(path)))
-            except Exception as exc:  # noqa: BLE001 - one bad file is one error row, never a dead job
-                row["status"] = "error"
-                row["error"] = str(exc) if str(exc) else type(exc).__name__
-            row.setdefault("model_id", self.model_ids[id(self.models[0])])  # error rows: the first model
-            row.update(restored_at=_ts(time.time()), seconds=time.perf_counter() - t0)
-            rows.append(row)
-        return pa.Table.from_pylist(rows, schema=SCHEMA)
+    actors: int  # model actors
+    actor_cpus: float  # CPUs reserved per model actor
+    actor_gpus: float
+    threads: int  # torch threads per model actor
+    task_cpus: float  # CPUs reserved per decode / encode / write task
 
 
 def _alive_node_resources() -> list[dict]:
@@ -174,27 +124,30 @@ def _alive_node_resources() -> list[dict]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
-def _actor_shape(cfg: RestoreConfig, nodes: list[dict], blocks: int) -> tuple[int, float, float, float]:
-    """(actors, CPUs per actor, GPUs per actor, CPUs per Parquet write task) from the config and the
-    cluster's resources (``nodes``: each alive node's resources). Never more actors than input blocks:
-    an actor with no block to work on only costs its start-up."""
+def plan_stages(cfg: RestoreConfig, nodes: list[dict], batches: int) -> Plan:
+    """The stage layout from the config and the cluster (``nodes``: each alive node's resources).
+
+    On CPUs the model stage gets one actor per node by default, whose torch threads use that node's
+    cores: one large matrix multiply on all cores beats several actors each on one core, and leaves
+    the decode/encode tasks room beside it (measured on 2 CPUs in bench/restore.py). An actor reserves
+    half its node's CPUs so CPU tasks always fit next to it (a reservation of every CPU stalls them,
+    and then every restored block waits in the object store). With --gpu: one actor per GPU. Never
+    more actors than batches of work: an idle actor only costs its start-up."""
     import ray
 
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
     if cfg.gpu and gpus < 1:
         raise ValueError("--gpu was given but the Ray cluster has no GPUs")
-    actors = cfg.actors or min(blocks, int(gpus) if cfg.gpu else max(1, int(cpus)))
-    # An actor must fit on one node: never ask for more CPUs than the largest node has.
-    largest = max((n.get("CPU", 0.0) for n in nodes), default=cpus)
-    cpus_per_actor = cfg.cpus_per_actor or max(0.1, round(min(0.75 * cpus / actors, largest), 2))
-    # Write tasks must fit in what the actors leave: a 1-CPU write task never schedules next to
-    # actors holding 1.5 of 2 CPUs, and then every restored block waits in the object store until
-    # the last actor is done (measured: memory grew with the collection, 726 MiB held at 20,000
-    # images, and a 40 s serial write tail).
-    left = max(0.0, cpus - actors * cpus_per_actor)
-    writer_cpus = max(0.05, round(min(1.0, left / 2), 2))
-    return actors, cpus_per_actor, 1.0 if cfg.gpu else 0.0, writer_cpus
+    node_cpus = [n.get("CPU", 0.0) for n in nodes if n.get("CPU", 0.0) > 0] or [cpus]
+    default = int(gpus) if cfg.gpu else len(node_cpus)
+    actors = max(1, min(batches, cfg.actors or default))
+    smallest = min(node_cpus)
+    actor_cpus = cfg.cpus_per_actor or max(0.1, round(min(smallest / 2, 0.75 * cpus / actors), 2))
+    # torch threads: the node's cores (the tasks beside the actor are short and mostly wait on I/O)
+    threads = max(1, int(cfg.cpus_per_actor + 0.5)) if cfg.cpus_per_actor else max(1, int(smallest))
+    task_cpus = max(0.05, round(min(1.0, (smallest - actor_cpus) / 4), 2))
+    return Plan(actors, actor_cpus, 1.0 if cfg.gpu else 0.0, threads, task_cpus)
 
 
 def _work_list(files: list[dict]) -> list[dict]:
@@ -202,34 +155,44 @@ def _work_list(files: list[dict]) -> list[dict]:
     return sorted(files, key=lambda f: -f["size"])
 
 
+# Files per decode task and per encode task: a task costs ~ms to schedule, a small file ~1 ms to
+# decode or encode, so 32 keeps the overhead to a few per cent while blocks stay small.
+TASK_FILES = 32
+
+
 def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: str) -> None:
-    """Stream ``files`` through the model into Parquet under ``out_uri``."""
+    """Stream ``files`` through the stages into Parquet under ``out_uri``."""
     import ray
     import ray.data
 
     nodes = _alive_node_resources()
     items = [{"path": f["path"], "size": int(f["size"]),
               "mtime": float(f["mtime"]) if f["mtime"] is not None else float("nan")} for f in _work_list(files)]
-    blocks = max(1, math.ceil(len(items) / cfg.batch_size))
-    actors, cpus, gpus, writer_cpus = _actor_shape(cfg, nodes, blocks)
-    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    plan = plan_stages(cfg, nodes, max(1, math.ceil(len(items) / cfg.batch_size)))
+    per_task = min(TASK_FILES, cfg.batch_size)  # a decode task never holds more than one model batch
+    ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_task)))
+    ds = ds.map_batches(decode_batch, fn_kwargs={"input_uri": cfg.input, "storage": cfg.storage.with_environment(),
+                                                 "max_pixels": cfg.max_pixels},
+                        batch_size=per_task, batch_format="pyarrow", num_cpus=plan.task_cpus)
     ds = ds.map_batches(
-        Restorer,
+        ModelStage,
         fn_constructor_kwargs={"model": cfg.model, "model_id": model_id,
                                "storage": cfg.storage.with_environment(), "stride": cfg.stride,
-                               "tile_batch": cfg.tile_batch, "max_pixels": cfg.max_pixels,
-                               "png_level": cfg.png_level, "threads": max(1, int(cpus + 0.5)),
-                               "input_uri": cfg.input, "gpu": cfg.gpu, "blend": cfg.blend,
-                               "ensemble": cfg.ensemble},
-        batch_size=cfg.batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cpus, num_gpus=gpus,
+                               "tile_batch": cfg.tile_batch, "threads": plan.threads, "gpu": cfg.gpu,
+                               "blend": cfg.blend, "ensemble": cfg.ensemble},
+        batch_size=cfg.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus,
     )
+    # One encode task per model batch (batch_size None: whole blocks, no re-bundling); encode and
+    # write have the same resources, so Ray Data fuses them into one task per block.
+    ds = ds.map_batches(encode_batch, fn_kwargs={"png_level": cfg.png_level, "schema": SCHEMA},
+                        batch_size=None, batch_format="pyarrow", num_cpus=plan.task_cpus)
     fs, path = resolve(out_uri, cfg.storage)
     show_progress("raeae restore: progress")
     try:
         ds.write_parquet(path, filesystem=fs, min_bytes_per_file=_file_bytes(cfg, nodes),
-                         ray_remote_args={"num_cpus": writer_cpus})
+                         ray_remote_args={"num_cpus": plan.task_cpus})
     finally:
         show_progress(None)
 
@@ -256,12 +219,17 @@ def parquet_files(fs: pafs.FileSystem, path: str) -> list[str]:
     return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
 
+STAGE_COLUMNS = ("decode_s", "restore_s", "forward_s", "encode_s")
+
+
 def summarise(fs: pafs.FileSystem, files: list[str], wall_s: float) -> dict:
-    """Counts from the Parquet as written (not from what we meant to write)."""
+    """Counts from the Parquet as written (not from what we meant to write), and the seconds each
+    stage was busy in all (``forward_s`` is the part of ``restore_s`` spent in the model itself)."""
     ok = errors = 0
     pixels = 0
+    stages = dict.fromkeys(STAGE_COLUMNS, 0.0)
     for f in files:
-        t = pq.read_table(f, filesystem=fs, columns=["status", "width", "height"])
+        t = pq.read_table(f, filesystem=fs, columns=["status", "width", "height", *STAGE_COLUMNS], schema=SCHEMA)
         status = np.asarray(t["status"].to_pylist())
         is_ok = status == "ok"
         ok += int(is_ok.sum())
@@ -269,11 +237,14 @@ def summarise(fs: pafs.FileSystem, files: list[str], wall_s: float) -> dict:
         w = t["width"].to_numpy(zero_copy_only=False)
         h = t["height"].to_numpy(zero_copy_only=False)
         pixels += int(np.nansum(np.where(is_ok, w.astype(float) * h.astype(float), 0)))
+        for c in STAGE_COLUMNS:
+            stages[c] += float(np.nansum(t[c].to_numpy(zero_copy_only=False).astype(float)))
     rows = ok + errors
     return {"rows": rows, "ok": ok, "errors": errors, "wall_s": round(wall_s, 3),
             "images_per_s": round(rows / wall_s, 2) if wall_s > 0 else None,
             "megapixels_per_s": round(pixels / 1e6 / wall_s, 3) if wall_s > 0 else None,
-            "megapixels": round(pixels / 1e6, 3), "parquet_files": len(files)}
+            "megapixels": round(pixels / 1e6, 3), "parquet_files": len(files),
+            "stage_seconds": {k: round(v, 3) for k, v in stages.items()}}
 
 
 def object_store_stats() -> dict | None:

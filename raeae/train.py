@@ -546,6 +546,10 @@ def init_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
         return cfg, None
     state, _ = ckpt.load_state(cfg.init, cfg.storage)
     model_cfg = ModelConfig.from_dict(state["model_config"])
+    if model_cfg.channels == 1 and cfg.model.planes:
+        # A gray network is exactly the shared plane network of an opponent-colour model, so
+        # `--channels 3 --init builtin:gray` starts colour training from the gray model.
+        model_cfg = replace(model_cfg, channels=3, color=cfg.model.color)
     weights = {k: v.float() for k, v in state["model"].items()}  # bundled models are stored in fp16
     return replace(cfg, model=model_cfg, stride=min(cfg.stride, model_cfg.patch_size)), weights
 

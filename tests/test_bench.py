@@ -28,13 +28,14 @@ def run_bench(ray_session, script: str, *args: str) -> str:
 
 
 def test_bench_restore(ray_session, tmp_path):
-    out = run_bench(ray_session, "restore.py", "--images", "12", "--scales", "1,2", "--workdir", str(tmp_path),
-                    "--json", str(tmp_path / "r.json"))
-    assert "| images | setup | images/s |" in out
+    out = run_bench(ray_session, "restore.py", "--cases", "mixed,startup", "--scale", "0.005", "--repeats", "1",
+                    "--model", "builtin:gray", "--workdir", str(tmp_path), "--json", str(tmp_path / "r.json"))
+    assert "| case | images | plain loop s | raeae restore s |" in out
     rows = json.loads((tmp_path / "r.json").read_text())
-    assert [(r["images"], r["setup"]) for r in rows] == [(12, "plain loop"), (12, "Ray Data"),
-                                                         (24, "plain loop"), (24, "Ray Data")]
-    assert all(r["images_per_s"] > 0 and r["peak_pss_gib"] > 0 for r in rows)
+    assert [(r["case"], r["images"]) for r in rows] == [("mixed", 15), ("startup 1", 1), ("startup 50", 50)]
+    for r in rows:
+        assert r["plain"]["rows"] == r["raeae"]["rows"] == r["images"]
+        assert 0 < r["raeae"]["forward_s"] <= r["raeae"]["restore_s"] and r["raeae"]["first_row_s"] > 0
 
 
 def test_bench_train(ray_session, tmp_path):

@@ -1,0 +1,219 @@
+"""The restore pipeline's stages, each a pure function of one batch (a ``pyarrow.Table``) so Ray Data
+can size and place them on its own:
+
+1. :func:`decode_batch` (CPU tasks): read each file and decode it to uint8 pixels;
+2. :class:`ModelStage` (the actor pool, GPU with ``--gpu``): the model, with the tiles of many images
+   packed into each forward pass, then the tiles stitched back;
+3. :func:`encode_batch` (CPU tasks): PNG-encode and build the Parquet rows (``restore.SCHEMA``).
+
+Every stage turns a failure on one file into that file's error row and passes rows that already
+failed straight through, so each input file still becomes exactly one output row.
+
+Stitching stays on the actor: the tile outputs of an image are about (13/6)² ≈ 4.7 floats per pixel
+value, ~19× the decoded image's bytes, and moving them through the object store to a CPU task would
+cost more than the fold itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from raeae import checkpoint as ckpt
+from raeae.images import channels, decode, encode_png
+from raeae.inference import default_stride, pick_model, restore_arrays
+from raeae.patches import Blend
+from raeae.storage import StorageConfig, read_bytes, resolve
+
+# Between stages: the listing's fields, the pixels (raw uint8, C order) with their shape, and the
+# seconds each stage spent on the row. large_binary: a batch of big images passes 2 GiB.
+DECODED = pa.schema([
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("size", pa.int64()),
+    pa.field("mtime", pa.float64()),  # seconds since the epoch, NaN when the store does not say
+    pa.field("pixels", pa.large_binary()),
+    pa.field("height", pa.int32()),
+    pa.field("width", pa.int32()),
+    pa.field("depth", pa.int32()),  # 0 for an H×W array, else the third dimension
+    pa.field("source_mode", pa.string()),
+    pa.field("error", pa.string()),  # null while the row is fine
+    pa.field("model_id", pa.string()),
+    pa.field("decode_s", pa.float32()),
+    pa.field("restore_s", pa.float32()),
+    pa.field("forward_s", pa.float32()),
+])
+
+
+def _error_text(exc: BaseException) -> str:
+    return str(exc) if str(exc) else type(exc).__name__
+
+
+def _pixels(row: dict) -> np.ndarray:
+    shape = (row["height"], row["width"]) + ((row["depth"],) if row["depth"] else ())
+    return np.frombuffer(row["pixels"], dtype=np.uint8).reshape(shape)
+
+
+def _with_pixels(row: dict, image: np.ndarray) -> dict:
+    return {**row, "pixels": image.tobytes(), "height": image.shape[0], "width": image.shape[1],
+            "depth": image.shape[2] if image.ndim == 3 else 0}
+
+
+_FILESYSTEMS: dict = {}
+
+
+def _filesystem(input_uri: str, storage: StorageConfig):
+    """One filesystem per worker process and input, not one per batch (an S3 client costs ms to make)."""
+    key = (input_uri, storage)
+    if key not in _FILESYSTEMS:
+        _FILESYSTEMS[key] = resolve(input_uri, storage)[0]
+    return _FILESYSTEMS[key]
+
+
+def decode_batch(batch: pa.Table, input_uri: str, storage: StorageConfig, max_pixels: int) -> pa.Table:
+    """Stage 1: listing rows (path, size, mtime) -> decoded rows (``DECODED``)."""
+    fs = _filesystem(input_uri, storage)
+    rows = []
+    for item in batch.to_pylist():
+        t0 = time.perf_counter()
+        row = {"path": item["path"], "size": item["size"], "mtime": item["mtime"], "pixels": None,
+               "height": None, "width": None, "depth": None, "source_mode": None, "error": None,
+               "model_id": None, "restore_s": 0.0, "forward_s": 0.0}
+        try:
+            path = item["path"]
+            image, mode = decode(read_bytes(fs, path.split("://", 1)[1] if "://" in path else path), max_pixels)
+            row = {**_with_pixels(row, image), "source_mode": mode}
+        except Exception as exc:  # noqa: BLE001 - one bad file is one error row, never a dead job
+            row["error"] = _error_text(exc)
+        row["decode_s"] = time.perf_counter() - t0
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=DECODED)
+
+
+class _TimedModel:
+    """The model, with the seconds spent in its forward passes added up: the share of the actor's
+    time a faster accelerator would shrink (tiling and stitching around it would not)."""
+
+    def __init__(self, model, device: torch.device):
+        self.model, self.config, self.seconds = model, model.config, 0.0
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        y = self.model(x)
+        self.sync()
+        self.seconds += time.perf_counter() - t0
+        return y
+
+
+class ModelStage:
+    """Stage 2, a Ray Data callable class: loads the model(s) once in ``__init__``; ``__call__`` restores
+    a batch of decoded rows. With two models (``builtin:auto``) each image goes to the one made for it.
+
+    On a GPU the forward passes run under bfloat16 autocast (the dense layers' matrix multiplies in
+    half precision, sums and the blend in float32)."""
+
+    def __init__(self, model: str, model_id: str, storage: StorageConfig, stride: int, tile_batch: int,
+                 threads: int, gpu: bool = False, blend: Blend = Blend.GAUSSIAN, ensemble: bool = False):
+        if threads > 0:
+            torch.set_num_threads(threads)
+        # Each actor reads the checkpoint itself (a URI is a small constructor argument; megabytes of
+        # weights as one make Ray's core log an error line per actor, and a restarted actor re-reads
+        # them from storage), then checks it is the model the driver announced.
+        model_bytes = ckpt.read_models(model, storage)
+        ids = [ckpt.model_id(b) for b in model_bytes]
+        if "+".join(ids) != model_id:
+            raise RuntimeError(f"{model} changed while the run was starting (expected model {model_id})")
+        # The device follows the config (--gpu), never what happens to be installed on the node.
+        self.device = torch.accelerator.current_accelerator() if gpu else torch.device("cpu")
+        self.models, self.ids, self.strides = [], {}, {}
+        for data, data_id in zip(model_bytes, ids):
+            state = ckpt.parse(data)
+            m = ckpt.model_from_state(state).to(self.device)
+            self.models.append(m)
+            self.ids[id(m)] = data_id
+            self.strides[id(m)] = stride or int(state.get("inference", {}).get("stride", 0)) or \
+                default_stride(m.config.patch_size)
+        self.tile_batch, self.blend, self.ensemble = tile_batch, blend, ensemble
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _restore(self, model, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        timed = _TimedModel(model, self.device)
+        with self._autocast():
+            out = restore_arrays(timed, images, self.strides[id(model)], self.tile_batch, self.device,
+                                 blend=self.blend, ensemble=self.ensemble)
+        return out, timed.seconds
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        groups: dict[int, list[tuple[int, np.ndarray]]] = {}  # model index -> (row, image) it restores
+        for i, row in enumerate(rows):
+            row["model_id"] = self.ids[id(self.models[0])]  # error rows: the first model
+            if row["error"] is None:
+                try:
+                    image = _pixels(row)
+                    groups.setdefault(self.models.index(pick_model(self.models, image)), []).append((i, image))
+                except Exception as exc:  # noqa: BLE001
+                    row["error"] = _error_text(exc)
+        for index, pairs in groups.items():
+            model = self.models[index]
+            t0 = time.perf_counter()
+            members, images = [i for i, _ in pairs], [im for _, im in pairs]
+            try:
+                restored, forward_s = self._restore(model, images)
+                results = list(zip(members, restored))
+            except Exception:  # noqa: BLE001 - find the one image that fails; the others still restore
+                results, forward_s = [], 0.0
+                for i, image in zip(members, images):
+                    try:
+                        out, f = self._restore(model, [image])
+                        results.append((i, out[0]))
+                        forward_s += f
+                    except Exception as exc:  # noqa: BLE001
+                        rows[i]["error"] = _error_text(exc)
+            elapsed = time.perf_counter() - t0
+            total = sum(im.size for im in images) or 1
+            for i, image in zip(members, images):  # the batch's time, shared out by pixels
+                share = image.size / total
+                rows[i].update(restore_s=elapsed * share, forward_s=forward_s * share, model_id=self.ids[id(model)])
+            for i, out in results:
+                rows[i] = _with_pixels(rows[i], out)
+        return pa.Table.from_pylist(rows, schema=DECODED)
+
+
+def _ts_us(seconds: float | None) -> int | None:
+    return None if seconds is None or math.isnan(seconds) else int(seconds * 1_000_000)
+
+
+def encode_batch(batch: pa.Table, png_level: int, schema: pa.Schema) -> pa.Table:
+    """Stage 3: restored rows -> Parquet rows (``schema``, the restore contract), PNG-encoded."""
+    out = []
+    for row in batch.to_pylist():
+        t0 = time.perf_counter()
+        result = {"path": row["path"], "image": None, "width": None, "height": None, "channels": None,
+                  "source_mode": row["source_mode"], "status": "error", "error": row["error"],
+                  "source_size": row["size"], "source_mtime": _ts_us(row["mtime"]), "model_id": row["model_id"]}
+        if row["error"] is None:
+            try:
+                image = _pixels(row)
+                result.update(image=encode_png(image, png_level), width=image.shape[1], height=image.shape[0],
+                              channels=channels(image), status="ok")
+            except Exception as exc:  # noqa: BLE001
+                result["error"] = _error_text(exc)
+        encode_s = time.perf_counter() - t0
+        result.update(restored_at=_ts_us(time.time()), decode_s=row["decode_s"], restore_s=row["restore_s"],
+                      forward_s=row["forward_s"], encode_s=encode_s,
+                      seconds=row["decode_s"] + row["restore_s"] + encode_s)
+        out.append(result)
+    return pa.Table.from_pylist(out, schema=schema)

@@ -1,0 +1,134 @@
+"""The restore pipeline's stages as pure functions, without Ray: decode -> model -> encode keeps one row
+per file, turns any failure into that file's error row, and restores exactly what restore_image does."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+import raeae
+from raeae.images import decode
+from raeae.inference import restore_array, restore_arrays
+from raeae.model import ColorMode, ModelConfig, build_model
+from raeae.restore import SCHEMA
+from raeae.stages import DECODED, ModelStage, decode_batch, encode_batch
+from raeae.storage import StorageConfig
+
+from conftest import photo, png_bytes
+
+
+def small_model(channels: int = 1, color: ColorMode = ColorMode.OPPONENT) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(patch_size=6, channels=channels, hidden=(32,), latent=16, decoder_hidden=(32,),
+                                   residual=True, color=color)).eval()
+
+
+def mixed_images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    shapes = [(5, 7), (28, 28), (64, 40, 3), (1, 1), (30, 33, 4), (17, 9, 2), (200, 150)]
+    return [rng.integers(0, 256, s, dtype=np.uint8) for s in shapes]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_packed_restore_equals_one_image_at_a_time(channels):
+    model = small_model(channels)
+    images = mixed_images()
+    packed = restore_arrays(model, images, stride=3, pack_tiles=500)  # several packs, one image alone
+    for image, out in zip(images, packed):
+        alone = restore_array(model, image, stride=3)
+        assert out.shape == image.shape and out.dtype == np.uint8
+        # the same sums in a different matrix shape: equal up to float rounding at the 0.5 boundary
+        assert np.abs(out.astype(int) - alone.astype(int)).max() <= 1
+        assert (out == alone).mean() > 0.99
+
+
+def test_opponent_colour_model_shares_the_gray_network():
+    gray = small_model(1)
+    colour = build_model(replace(gray.config, channels=3, color=ColorMode.OPPONENT))
+    colour.load_state_dict(gray.state_dict())  # the same weights: the plane network is the gray network
+    x = torch.rand(5, 3 * 36)
+    y = colour(x)
+    assert y.shape == x.shape
+    # a gray patch (R=G=B) has flat chroma planes at 0.5: luma is restored by the gray net alone
+    g = torch.rand(4, 36)
+    out = colour(g.repeat(1, 3)).reshape(4, 3, 36)
+    luma = gray(g)
+    chroma = gray(torch.full_like(g, 0.5)) - 0.5  # what the net does to a flat 0.5 plane, as a signed offset
+    # R = Y + U + 2/3 V for Y = (R+G+B)/3, U = (R-B)/2, V = (R-2G+B)/4
+    assert torch.allclose(colour.from_planes[0], torch.tensor([1.0, 1.0, 2 / 3]), atol=1e-6)
+    assert torch.allclose(out[:, 0], luma + chroma * (1 + 2 / 3), atol=1e-5)
+
+
+def test_joint_colour_checkpoints_from_before_colour_modes_still_load():
+    cfg = ModelConfig(patch_size=6, channels=3, color=ColorMode.JOINT)
+    d = cfg.to_dict()
+    del d["color"]
+    assert ModelConfig.from_dict(d).color is ColorMode.JOINT
+    assert build_model(ModelConfig.from_dict(d)).encoder[0].in_features == 108
+
+
+@pytest.fixture
+def folder(tmp_path):
+    (tmp_path / "gray.png").write_bytes(png_bytes(photo("camera.png")[:40, :50]))
+    (tmp_path / "rgb.png").write_bytes(png_bytes(photo("astronaut.png")[:30, :20]))
+    (tmp_path / "tiny.png").write_bytes(png_bytes(np.full((1, 1), 7, np.uint8)))
+    good = png_bytes(np.zeros((16, 16), np.uint8))
+    (tmp_path / "truncated.png").write_bytes(good[: len(good) // 2])
+    (tmp_path / "empty.png").write_bytes(b"")
+    return tmp_path
+
+
+def listing(folder) -> pa.Table:
+    files = sorted(folder.iterdir())
+    return pa.Table.from_pylist([{"path": str(f), "size": f.stat().st_size, "mtime": f.stat().st_mtime}
+                                 for f in files])
+
+
+def test_stages_end_to_end_without_ray(folder, trained_checkpoint):
+    decoded = decode_batch(listing(folder), str(folder), StorageConfig(), max_pixels=10**6)
+    assert decoded.schema == DECODED and decoded.num_rows == 5
+    errors = {r["path"].rsplit("/", 1)[1]: r["error"] for r in decoded.to_pylist() if r["error"]}
+    assert set(errors) == {"truncated.png", "empty.png"} and all(errors.values())
+
+    stage = ModelStage(str(trained_checkpoint), raeae_model_id(trained_checkpoint), StorageConfig(), stride=0,
+                       tile_batch=64, threads=1)
+    restored = stage(decoded)
+    assert restored.num_rows == 5 and restored.column("error").to_pylist() == decoded.column("error").to_pylist()
+    rows = encode_batch(restored, png_level=1, schema=SCHEMA).to_pylist()
+    assert [r["status"] for r in rows] == ["error" if r["path"].endswith(("truncated.png", "empty.png")) else "ok"
+                                           for r in rows]
+    model = raeae.load_model(str(trained_checkpoint))
+    for r in rows:
+        assert r["seconds"] == pytest.approx(r["decode_s"] + r["restore_s"] + r["encode_s"], rel=1e-4)
+        if r["status"] != "ok":
+            assert r["image"] is None and r["error"]
+            continue
+        noisy = decode(open(r["path"], "rb").read())[0]
+        out = decode(r["image"])[0]
+        alone = restore_array(model, noisy, stride=4)  # the checkpoint's recommended stride
+        assert out.shape == noisy.shape and np.abs(out.astype(int) - alone.astype(int)).max() <= 1
+        assert 0 <= r["forward_s"] <= r["restore_s"]
+
+
+def test_model_stage_turns_a_failing_image_into_its_own_error_row(folder, trained_checkpoint):
+    decoded = decode_batch(listing(folder), str(folder), StorageConfig(), max_pixels=10**6)
+    rows = decoded.to_pylist()
+    bad = next(i for i, r in enumerate(rows) if r["error"] is None)
+    stage = ModelStage(str(trained_checkpoint), raeae_model_id(trained_checkpoint), StorageConfig(), stride=0,
+                       tile_batch=64, threads=1)
+    rows[bad]["pixels"] = rows[bad]["pixels"][:-1]  # bytes that no longer match the shape
+    other = next(i for i, r in enumerate(rows) if r["error"] is None and i != bad)
+    rows[other]["pixels"], rows[other]["height"], rows[other]["width"] = b"", 0, 0  # no pixels at all
+    out = stage(pa.Table.from_pylist(rows, schema=DECODED)).to_pylist()
+    assert out[bad]["error"] and out[other]["error"]
+    assert sum(r["error"] is None for r in out) == 1  # the remaining good image still restored
+
+
+def raeae_model_id(path) -> str:
+    from raeae import checkpoint as ckpt
+
+    return "+".join(ckpt.model_id(b) for b in ckpt.read_models(str(path)))
