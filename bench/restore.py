@@ -19,7 +19,6 @@ part a GPU would speed up.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -38,6 +37,7 @@ from raeae.corrupt import NoiseConfig
 from raeae.data import SAMPLE_TRAIN, sample_dir
 from raeae.evaluate import make_noisy
 from raeae.images import decode
+from raeae.metrics import PeakMemory
 
 CASES = {
     # name: [(count, smallest side, largest side), ...]
@@ -69,7 +69,6 @@ def make_collection(folder: str, parts: list[tuple[int, int, int]], seed: int = 
 def plain_loop(model: str, folder: str, out: str) -> None:
     """The baseline: one process, one image after another through the public API, one Parquet file."""
     import pyarrow as pa
-    import torch  # noqa: F401 - imported before timing-relevant work, as any PyTorch script does
 
     import raeae
     from raeae import checkpoint as ckpt
@@ -106,7 +105,8 @@ def run_one(setup: str, model: str, folder: str, out: str) -> dict:
         raeae = os.path.join(os.path.dirname(sys.executable), "raeae")
         cmd = [raeae, "restore", "--model", model, "--input", folder, "--output", out]
     start = time.time()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    with PeakMemory(every_s=1.0) as mem:  # PSS of every process on the machine (Ray's workers too)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.time() - start
     t = pq.read_table(out, columns=[c for c in ("restored_at", "width", "height", "decode_s", "restore_s",
                                                 "forward_s", "encode_s", "status")
@@ -114,7 +114,8 @@ def run_one(setup: str, model: str, folder: str, out: str) -> dict:
     first = min(t["restored_at"].to_pylist()).timestamp() - start
     ok = [s == "ok" for s in t["status"].to_pylist()]
     pixels = sum(w * h for w, h, k in zip(t["width"].to_pylist(), t["height"].to_pylist(), ok) if k)
-    r = {"wall_s": wall, "first_row_s": first, "rows": len(t), "megapixels": pixels / 1e6}
+    r = {"wall_s": wall, "first_row_s": first, "rows": len(t), "megapixels": pixels / 1e6,
+         "peak_pss_gib": mem.peak_pss / 2**30}
     if setup == "raeae":
         for c in ("decode_s", "restore_s", "forward_s", "encode_s"):
             r[c] = float(np.nansum(t[c].to_numpy(zero_copy_only=False)))
@@ -174,10 +175,11 @@ def main(argv=None) -> int:
                      f"{pl['wall_s'] / ra['wall_s']:.2f}", f"{pl['megapixels'] / pl['wall_s']:.2f}",
                      f"{ra['megapixels'] / ra['wall_s']:.2f}", f"{pl['first_row_s']:.1f}", f"{ra['first_row_s']:.1f}",
                      f"{ra['decode_s'] / busy:.0%} / {ra['restore_s'] / busy:.0%} / {ra['encode_s'] / busy:.0%}",
-                     f"{ra['forward_s'] / max(ra['restore_s'], 1e-9):.0%}"])
+                     f"{ra['forward_s'] / max(ra['restore_s'], 1e-9):.0%}",
+                     f"{pl['peak_pss_gib']:.2f} / {ra['peak_pss_gib']:.2f}"])
     print_table(["case", "images", "plain loop s", "raeae restore s", "speed-up (plain / raeae)", "plain MP/s",
                  "raeae MP/s", "plain first row s", "raeae first row s", "busy: decode / model actor / encode",
-                 "forward share of actor"], rows, right=set(range(1, 11)))
+                 "forward share of actor", "peak PSS GiB plain / raeae"], rows, right=set(range(1, 12)))
     print(f"\nmedians of {a.repeats} interleaved runs per setup, each a fresh process; model {a.model}")
     write_json(a.json, results)
     return 0

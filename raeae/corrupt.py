@@ -52,6 +52,10 @@ class NoiseConfig:
                    amount=float(d["amount"]), block=int(d["block"]), clip=bool(d["clip"]))
 
 
+# Random numbers are drawn on the generator's device and moved to the batch: a CPU generator cannot
+# fill a CUDA tensor (training on a GPU draws on a CUDA generator, so nothing moves there).
+
+
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape ``(N,)`` to broadcast over the remaining dimensions of ``like``."""
     return values.view(-1, *([1] * (like.dim() - 1)))
@@ -60,24 +64,25 @@ def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def gaussian(x: torch.Tensor, sigma: float, gen: torch.Generator, sigma_max: float = 0.0) -> torch.Tensor:
     """Additive white Gaussian noise; σ on the 0–255 scale, per-sample uniform in [σ, σ_max] if σ_max > σ."""
     if sigma_max > sigma:
-        s = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype) * (sigma_max - sigma) + sigma
+        s = torch.rand(x.shape[0], generator=gen, device=gen.device, dtype=x.dtype).to(x.device)
+        s = s * (sigma_max - sigma) + sigma
         s = _per_sample(s, x)
     else:
         s = sigma
-    noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    noise = torch.randn(x.shape, generator=gen, device=gen.device, dtype=x.dtype).to(x.device)
     return x + noise * (s / 255.0)
 
 
 def salt_pepper(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
     """A fraction ``amount`` of entries set to 0 or 1 with equal probability."""
-    hit = torch.rand(x.shape, generator=gen, device=x.device) < amount
-    salt = torch.rand(x.shape, generator=gen, device=x.device) < 0.5
+    hit = torch.rand(x.shape, generator=gen, device=gen.device).to(x.device) < amount
+    salt = torch.rand(x.shape, generator=gen, device=gen.device).to(x.device) < 0.5
     return torch.where(hit, salt.to(x.dtype), x)
 
 
 def pixel_mask(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
     """A fraction ``amount`` of entries zeroed (dropped pixels)."""
-    keep = torch.rand(x.shape, generator=gen, device=x.device) >= amount
+    keep = torch.rand(x.shape, generator=gen, device=gen.device).to(x.device) >= amount
     return x * keep.to(x.dtype)
 
 
@@ -85,8 +90,8 @@ def block_mask(x: torch.Tensor, block: int, gen: torch.Generator) -> torch.Tenso
     """One zeroed ``block``×``block`` square per sample at a random place; ``x`` is ``(N, C, H, W)``."""
     n, _, h, w = x.shape
     b_h, b_w = min(block, h), min(block, w)
-    top = torch.randint(0, h - b_h + 1, (n,), generator=gen, device=x.device)
-    left = torch.randint(0, w - b_w + 1, (n,), generator=gen, device=x.device)
+    top = torch.randint(0, h - b_h + 1, (n,), generator=gen, device=gen.device).to(x.device)
+    left = torch.randint(0, w - b_w + 1, (n,), generator=gen, device=gen.device).to(x.device)
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
     inside = ((rows >= top.view(n, 1, 1)) & (rows < (top + b_h).view(n, 1, 1))
@@ -118,9 +123,9 @@ def blind_spot(x: torch.Tensor, ratio: float, gen: torch.Generator, radius: int 
     surroundings; pixel-independent noise cannot be estimated that way, the signal can. The loss is
     taken on the hidden pixels only (:func:`masked_mse`)."""
     n, _, h, w = x.shape
-    mask = torch.rand((n, 1, h, w), generator=gen, device=x.device) < ratio
-    dy = torch.randint(-radius, radius + 1, (n, 1, h, w), generator=gen, device=x.device)
-    dx = torch.randint(-radius, radius + 1, (n, 1, h, w), generator=gen, device=x.device)
+    mask = torch.rand((n, 1, h, w), generator=gen, device=gen.device).to(x.device) < ratio
+    dy = torch.randint(-radius, radius + 1, (n, 1, h, w), generator=gen, device=gen.device).to(x.device)
+    dx = torch.randint(-radius, radius + 1, (n, 1, h, w), generator=gen, device=gen.device).to(x.device)
     dx = torch.where((dy == 0) & (dx == 0), torch.ones_like(dx), dx)  # never the pixel itself
     rows = (torch.arange(h, device=x.device).view(1, 1, h, 1) + dy).clamp(0, h - 1)
     cols = (torch.arange(w, device=x.device).view(1, 1, 1, w) + dx).clamp(0, w - 1)

@@ -7,12 +7,46 @@ back. Alpha channels are copied through untouched.
 
 from __future__ import annotations
 
+import contextlib
+import enum
+
 import numpy as np
 import torch
 
 from raeae.images import join_alpha, split_alpha
 from raeae.model import DenseAutoencoder
 from raeae.patches import Blend, TileGrid, restore_tiles, run_chunks
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively: CUDA GPUs from Ampere on, CPUs with
+    AVX512-BF16 or AMX. Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:  # private helpers; an older or newer torch without them simply gets fp32
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        except AttributeError:
+            return False
+    return False
+
+
+class Precision(enum.Enum):
+    """The number format of the model's matrix multiplies at restore time (tiling, blending and the
+    residual subtraction stay float32)."""
+
+    # bf16 where the hardware has it natively, else fp32. Measured on BSD68 σ=25 with builtin:gray
+    # on an AVX512-BF16 CPU: -0.002 dB for 2.4x the speed.
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+    def autocast(self, device: torch.device):
+        """The context the forward passes run in."""
+        bf16 = self is Precision.BF16 or (self is Precision.AUTO and fast_bf16(device))
+        if bf16 and device.type in ("cuda", "cpu"):
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
 
 def default_stride(patch: int) -> int:
@@ -89,20 +123,24 @@ PACK_TILES = 16384
 def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: int | None = None,
                    batch_size: int = 4096, device: torch.device | str | None = None,
                    blend: Blend = Blend.GAUSSIAN, ensemble: bool = False,
-                   pack_tiles: int = PACK_TILES) -> list[np.ndarray]:
+                   pack_tiles: int = PACK_TILES, precision: Precision = Precision.AUTO) -> list[np.ndarray]:
     """Restore many uint8 images (each H×W or H×W×1..4, any size); returns each restored, same shape.
 
     The tiles of small images are packed into shared forward passes of up to ``batch_size`` tiles:
     a 64×64 image is only ~100 tiles of 13×13, too few for an efficient matrix multiply on its own.
     The result is the same as restoring each image alone. With ``ensemble`` each image is restored in
-    its 8 flips/rotations and the results averaged (8× the work)."""
+    its 8 flips/rotations and the results averaged (8× the work). ``precision`` sets the number format
+    of the forward passes."""
     cfg = model.config
     stride = stride or default_stride(cfg.patch_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     window = blend.window(cfg.patch_size)
+    autocast = precision.autocast(device)
 
     def fn(flat: torch.Tensor) -> torch.Tensor:
-        return model(flat).clamp_(0.0, 1.0)
+        with autocast:
+            out = model(flat)
+        return out.float().clamp_(0.0, 1.0)
 
     prepared = [_as_batch(model, image, device) for image in images]
     results: list[np.ndarray | None] = [None] * len(images)
@@ -136,10 +174,11 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
 
 def restore_array(model: DenseAutoencoder, image: np.ndarray, stride: int | None = None,
                   batch_size: int = 4096, device: torch.device | str | None = None,
-                  blend: Blend = Blend.GAUSSIAN, ensemble: bool = False) -> np.ndarray:
+                  blend: Blend = Blend.GAUSSIAN, ensemble: bool = False,
+                  precision: Precision = Precision.AUTO) -> np.ndarray:
     """Restore a uint8 image (H×W, H×W×1..4) of any size; returns uint8 of the same shape. With
     ``ensemble`` the image is restored in its 8 flips/rotations and the results averaged (8× the work)."""
-    return restore_arrays(model, [image], stride, batch_size, device, blend, ensemble)[0]
+    return restore_arrays(model, [image], stride, batch_size, device, blend, ensemble, precision=precision)[0]
 
 
 def pick_model(models: list[DenseAutoencoder], image: np.ndarray) -> DenseAutoencoder:

@@ -225,11 +225,14 @@ class DenseAutoencoder(nn.Module):
     def _forward_planes(self, x: torch.Tensor) -> torch.Tensor:
         """RGB patches -> luma/chroma planes -> the shared network on each plane -> RGB patches."""
         n, pp = x.shape[0], self.config.patch_size ** 2
-        rgb = x.reshape(n, 3, pp)
-        planes = torch.einsum("pc,ncx->npx", self.to_planes, rgb) + self.plane_offset
+        exact = torch.autocast(x.device.type, enabled=False)  # the colour transform stays float32 under autocast
+        with exact:
+            planes = torch.einsum("pc,ncx->npx", self.to_planes, x.float().reshape(n, 3, pp)) + self.plane_offset
         flat = planes.reshape(n * 3, pp)
-        out = self._restore(flat, self.logits(flat)).reshape(n, 3, pp) - self.plane_offset
-        return torch.einsum("cp,npx->ncx", self.from_planes, out).reshape(n, 3 * pp)
+        out = self._restore(flat, self.logits(flat))
+        with exact:
+            out = out.float().reshape(n, 3, pp) - self.plane_offset
+            return torch.einsum("cp,npx->ncx", self.from_planes, out).reshape(n, 3 * pp)
 
 
 def build_model(config: ModelConfig) -> DenseAutoencoder:

@@ -83,7 +83,7 @@ class PatchSampler:
 
 def dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random flip/rot90 per sample of a square batch ``(N, C, p, p)`` (the 8 symmetries of a square)."""
-    t = torch.randint(0, 8, (x.shape[0],), generator=gen)
+    t = torch.randint(0, 8, (x.shape[0],), generator=gen, device=gen.device).to(x.device)
     out = x.clone()
     for k in range(1, 8):  # 8 vectorised ops per batch, not one per sample
         sel = t == k

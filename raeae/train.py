@@ -274,14 +274,18 @@ class EpochTrainer:
             group["lr"] = self.cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
 
     def run_epoch(self, epoch: int, clock: "Clock") -> dict:
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch * 1009 + self.rank)
+        seed = self.cfg.seed * 1_000_003 + epoch * 1009 + self.rank
+        gen = torch.Generator().manual_seed(seed)
         patches = self.sampler.sample(gen)
+        # Noise, masks and flips are drawn where the batch lives: on a GPU from a CUDA generator, so
+        # no random numbers cross the bus (a CPU generator cannot fill a CUDA tensor by itself).
+        draw = gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(seed)
         self.model.train()
         total, steps, t0 = 0.0, 0, time.perf_counter()
         time_frac = clock.fraction_used()
         for step in range(self.steps):
             self._set_lr(epoch, step, time_frac)
-            loss = self._step_loss(patches[step * self.batch:(step + 1) * self.batch], gen)
+            loss = self._step_loss(patches[step * self.batch:(step + 1) * self.batch], draw)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -653,9 +657,11 @@ def train(cfg: TrainConfig, verbose: bool = False) -> TrainResult:
     cfg = replace(cfg, cpus_per_worker=cfg.cpus_per_worker or auto_cpus_per_worker(
         cfg.workers, [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]))
     budget = f"{cfg.max_minutes:g} min" if cfg.max_minutes else "no time limit"
-    print(f"raeae train: {source.description}; model {cfg.model.features}->{list(cfg.model.hidden)}->"
-          f"{cfg.model.latent}->{list(cfg.model.decoder_hidden)}->{cfg.model.features} "
-          f"({parameter_count(build_model(cfg.model)):,} parameters){'; from ' + cfg.init if cfg.init else ''}")
+    m = cfg.model
+    planes = " on each of 3 opponent colour planes" if m.planes else ""
+    print(f"raeae train: {source.description}; model {m.net_features}->{list(m.hidden)}->{m.latent}->"
+          f"{list(m.decoder_hidden)}->{m.net_features}{planes} "
+          f"({parameter_count(build_model(m)):,} parameters){'; from ' + cfg.init if cfg.init else ''}")
     print(f"raeae train: run {run.name} ({'resumed at epoch ' + str(run.epoch) if run.resumed else 'new'}), "
           f"{cfg.workers} worker(s) x {cfg.cpus_per_worker:g} CPU{' + GPU' if cfg.gpu else ''}, "
           f"{cfg.epochs or 'no'} epoch limit, {budget}")

@@ -51,11 +51,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole session (ray.init costs ~10 s)."""
+    """One local Ray for the whole session (ray.init costs ~10 s): always a new one of its own, never
+    a cluster that happens to run on this machine (address="local")."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
