@@ -143,6 +143,11 @@ def connect(verbose: bool = False, **init_kwargs) -> None:
     address, note = choose_address(os.environ.get("RAY_ADDRESS"), recorded_address())
     if note:
         print(f"raeae: {note}")
+    if address == "local":
+        # A private local Ray lives as long as this command. Its dashboard costs start-up time (~1 s
+        # measured) and would take port 8265 from a head the user starts for `ray job submit`;
+        # --verbose keeps it, for looking inside a run.
+        init_kwargs.setdefault("include_dashboard", verbose)
     ray.init(address=address, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.ERROR, **init_kwargs)
     quiet_ray_output(verbose)  # ray.init configures Ray's loggers again

@@ -50,6 +50,7 @@ SCHEMA = pa.schema([
     pa.field("encode_s", pa.float32()),  # PNG-encoding it (CPU task)
 ])
 SUMMARY_FILE = "_summary.json"
+LISTING = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime", pa.float64())])
 
 
 @dataclass(frozen=True)
@@ -66,15 +67,16 @@ class RestoreConfig:
     output: str = field(default="", metadata={"help": "folder or prefix that receives the Parquet files and "
                                                       "_summary.json; must be empty"})
     storage: StorageConfig = StorageConfig()
-    actors: int = field(default=0, metadata={"help": "model actors (0 = one per node on CPUs, its torch "
-                                                     "threads on all the node's cores; one per GPU with --gpu)"})
+    actors: int = field(default=0, metadata={"help": "model actors (0 = one single-threaded actor per CPU, "
+                                                     "or one per GPU with --gpu)"})
     gpu: bool = field(default=False, metadata={"help": "one GPU per model actor (bfloat16 autocast there)"})
     cpus_per_actor: float = field(default=0.0, metadata={
-        "help": "CPUs reserved per model actor, also its torch threads (0 = half a node's CPUs reserved, all "
-                "its cores as threads: the decode/encode tasks beside it must fit)"})
-    batch_size: int = field(default=64, metadata={
-        "help": "images per model call; their tiles are packed into shared forward passes (a 64x64 image "
-                "alone is ~100 tiles, too few for an efficient matrix multiply)"})
+        "help": "CPUs reserved per model actor (0 = half of its share of the CPUs, so the decode/encode "
+                "tasks always fit beside the actors)"})
+    batch_size: int = field(default=256, metadata={
+        "help": "at most this many images per unit of work (a decode task, a model call, an encode task; "
+                "also at most ~4 MB of files); a model call packs their tiles into shared forward passes "
+                "(a 64x64 image alone is ~100 tiles, too few for an efficient matrix multiply)"})
     tile_batch: int = field(default=4096, metadata={"help": "tiles per model forward pass"})
     stride: int = field(default=0, metadata={"help": "tile stride (0 = the checkpoint's recommendation, "
                                                      "else patch/2); smaller = more overlap, slower (3 "
@@ -128,68 +130,92 @@ def _alive_node_resources() -> list[dict]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
-def plan_stages(cfg: RestoreConfig, nodes: list[dict], batches: int) -> Plan:
+# Median input file size from which a collection counts as large images (thousands of tiles each).
+LARGE_FILE_BYTES = 256 * 2**10
+
+
+def plan_stages(cfg: RestoreConfig, nodes: list[dict], batches: int, large_images: bool = False) -> Plan:
     """The stage layout from the config and the cluster (``nodes``: each alive node's resources).
 
-    On CPUs the model stage gets one actor per node by default, whose torch threads use that node's
-    cores: one large matrix multiply on all cores beats several actors each on one core, and leaves
-    the decode/encode tasks room beside it (measured on 2 CPUs in bench/restore.py). An actor reserves
-    half its node's CPUs so CPU tasks always fit next to it (a reservation of every CPU stalls them,
-    and then every restored block waits in the object store). With --gpu: one actor per GPU. Never
-    more actors than batches of work: an idle actor only costs its start-up."""
-    import ray
-
-    res = ray.cluster_resources()
-    cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
+    On CPUs the model stage gets, by default, one single-threaded actor per CPU for small images and
+    one actor per node using all its cores for large ones. Measured on 2 CPUs (bench/restore.py):
+    20,000 small images, two 1-thread actors 46 s against one 2-thread actor 53 s (a multi-threaded
+    matrix multiply stalls whenever one of the many decode/encode tasks takes one of its cores); 24
+    images of 512-1024 px, one 2-thread actor 14.8 s of pipeline against 18.1 s (few tasks to
+    disturb it, and two actors split few units unevenly). Each actor reserves half its share of the
+    CPUs so the CPU tasks always fit beside them (a reservation of every CPU stalls them, and then
+    every restored block waits in the object store). With --gpu: one actor per GPU, with one CPU.
+    Never more actors than batches: an idle actor only costs its start-up."""
+    cpus = sum(n.get("CPU", 0.0) for n in nodes) or 1.0
+    gpus = sum(n.get("GPU", 0.0) for n in nodes)
     if cfg.gpu and gpus < 1:
         raise ValueError("--gpu was given but the Ray cluster has no GPUs")
     node_cpus = [n.get("CPU", 0.0) for n in nodes if n.get("CPU", 0.0) > 0] or [cpus]
-    default = int(gpus) if cfg.gpu else len(node_cpus)
-    actors = max(1, min(batches, cfg.actors or default))
     smallest = min(node_cpus)
-    actor_cpus = cfg.cpus_per_actor or max(0.1, round(min(smallest / 2, 0.75 * cpus / actors), 2))
-    # torch threads: the node's cores (the tasks beside the actor are short and mostly wait on I/O)
-    threads = max(1, int(cfg.cpus_per_actor + 0.5)) if cfg.cpus_per_actor else max(1, int(smallest))
-    task_cpus = max(0.05, round(min(1.0, (smallest - actor_cpus) / 4), 2))
+    per_cpu = len(node_cpus) if large_images else int(cpus)
+    actors = max(1, min(batches, cfg.actors or (int(gpus) if cfg.gpu else per_cpu)))
+    if cfg.cpus_per_actor:
+        actor_cpus = cfg.cpus_per_actor
+    elif cfg.gpu:
+        actor_cpus = min(1.0, smallest / 2)
+    else:
+        actor_cpus = max(0.1, round(min(smallest, cpus / actors) / 2, 2))
+    # torch threads: the CPUs this actor's share of the machine stands for (1 with one actor per CPU)
+    threads = max(1, min(int(smallest), round(cpus / actors))) if not cfg.gpu else 1
+    per_node = max(1, math.ceil(actors / len(node_cpus)))
+    task_cpus = max(0.05, round(min(1.0, (smallest - per_node * actor_cpus) / 4), 2))
     return Plan(actors, actor_cpus, 1.0 if cfg.gpu else 0.0, threads, task_cpus)
 
 
-def _work_list(files: list[dict]) -> list[dict]:
-    """Largest files first, so the long tasks start early and the pool finishes together."""
-    return sorted(files, key=lambda f: -f["size"])
+# A unit of work (one decode task, one model call, one encode task) holds at most --batch-size files
+# and about this many bytes of them: 256 small files are ~2 MB, while 256 files of 1024x768 would be
+# ~600 MB of pixels in one model call and one block. Measured on 2 CPUs: 64 -> 256 files per unit took
+# 20,000 small images from 69 to 43 s (fewer, larger Ray tasks and matrix multiplies).
+UNIT_BYTES = 4 * 2**20
 
 
-# Files per decode task and per encode task: a task costs ~ms to schedule, a small file ~1 ms to
-# decode or encode, so 32 keeps the overhead to a few per cent while blocks stay small.
-TASK_FILES = 32
+def work_units(files: list[dict], batch_size: int, unit_bytes: int = UNIT_BYTES) -> list[list[dict]]:
+    """The files, largest first (the long units start early and the actors finish together), cut
+    into units of at most ``batch_size`` files and about ``unit_bytes`` (a unit always takes one file)."""
+    units: list[list[dict]] = []
+    size = 0
+    for f in sorted(files, key=lambda f: -f["size"]):
+        if not units or len(units[-1]) >= batch_size or (size + f["size"] > unit_bytes and units[-1]):
+            units.append([])
+            size = 0
+        units[-1].append(f)
+        size += f["size"]
+    return units
 
 
 def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: str) -> None:
-    """Stream ``files`` through the stages into Parquet under ``out_uri``."""
+    """Stream ``files`` through the stages into Parquet under ``out_uri``. Each unit of work is one
+    block from start to end (``batch_size=None`` everywhere): decoded, restored and encoded together."""
     import ray
     import ray.data
 
     nodes = _alive_node_resources()
-    items = [{"path": f["path"], "size": int(f["size"]),
-              "mtime": float(f["mtime"]) if f["mtime"] is not None else float("nan")} for f in _work_list(files)]
-    plan = plan_stages(cfg, nodes, max(1, math.ceil(len(items) / cfg.batch_size)))
-    per_task = min(TASK_FILES, cfg.batch_size)  # a decode task never holds more than one model batch
-    ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_task)))
+    units = work_units(files, cfg.batch_size)
+    sizes = sorted(f["size"] for f in files)
+    plan = plan_stages(cfg, nodes, len(units), large_images=sizes[len(sizes) // 2] >= LARGE_FILE_BYTES)
+    ds = ray.data.from_arrow([pa.Table.from_pylist(
+        [{"path": f["path"], "size": int(f["size"]),
+          "mtime": float(f["mtime"]) if f["mtime"] is not None else float("nan")} for f in unit],
+        schema=LISTING) for unit in units])
     ds = ds.map_batches(decode_batch, fn_kwargs={"input_uri": cfg.input, "storage": cfg.storage.with_environment(),
                                                  "max_pixels": cfg.max_pixels},
-                        batch_size=per_task, batch_format="pyarrow", num_cpus=plan.task_cpus)
+                        batch_size=None, batch_format="pyarrow", num_cpus=plan.task_cpus)
     ds = ds.map_batches(
         ModelStage,
         fn_constructor_kwargs={"model": cfg.model, "model_id": model_id,
                                "storage": cfg.storage.with_environment(), "stride": cfg.stride,
                                "tile_batch": cfg.tile_batch, "threads": plan.threads, "gpu": cfg.gpu,
                                "blend": cfg.blend, "ensemble": cfg.ensemble, "precision": cfg.precision},
-        batch_size=cfg.batch_size, batch_format="pyarrow",
+        batch_size=None, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan.actors),
         num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus,
     )
-    # One encode task per model batch (batch_size None: whole blocks, no re-bundling); encode and
-    # write have the same resources, so Ray Data fuses them into one task per block.
+    # encode and write have the same resources, so Ray Data fuses them into one task per block
     ds = ds.map_batches(encode_batch, fn_kwargs={"png_level": cfg.png_level, "schema": SCHEMA},
                         batch_size=None, batch_format="pyarrow", num_cpus=plan.task_cpus)
     file_bytes = _file_bytes(cfg, nodes)

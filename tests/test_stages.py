@@ -132,3 +132,43 @@ def raeae_model_id(path) -> str:
     from raeae import checkpoint as ckpt
 
     return "+".join(ckpt.model_id(b) for b in ckpt.read_models(str(path)))
+
+
+def test_work_units_cut_the_largest_first_by_count_and_bytes():
+    from raeae.restore import work_units
+
+    files = [{"path": f"f{i}", "size": s} for i, s in enumerate([5, 900, 40, 40, 3000, 1, 1, 1, 1, 1])]
+    units = work_units(files, batch_size=3, unit_bytes=1000)
+    assert sorted(f["path"] for u in units for f in u) == sorted(f["path"] for f in files)  # each once
+    assert [f["size"] for u in units for f in u] == sorted((f["size"] for f in files), reverse=True)
+    assert all(len(u) <= 3 for u in units)
+    assert all(sum(f["size"] for f in u) <= 1000 or len(u) == 1 for u in units)
+    assert [len(u) for u in units] == [1, 3, 3, 3]  # 3000 alone (over the bytes), then by count
+
+
+@pytest.mark.parametrize("nodes,kw,large,expect", [
+    # 2 CPUs, small images: one 1-thread actor per CPU, half a CPU each, tasks in the rest
+    ([{"CPU": 2.0}], {}, False, (2, 0.5, 0.0, 1, 0.25)),
+    # large images: one actor per node on all its cores
+    ([{"CPU": 2.0}], {}, True, (1, 1.0, 0.0, 2, 0.25)),
+    # two 8-CPU nodes: 16 actors, at most 8 a node
+    ([{"CPU": 8.0}, {"CPU": 8.0}], {}, False, (16, 0.5, 0.0, 1, 1.0)),
+    # a GPU node: one actor per GPU
+    ([{"CPU": 16.0, "GPU": 2.0}], {"gpu": True}, False, (2, 1.0, 1.0, 1, 1.0)),
+    # explicit --actors
+    ([{"CPU": 4.0}], {"actors": 1}, False, (1, 2.0, 0.0, 4, 0.5)),
+])
+def test_stage_plan_follows_the_cluster(nodes, kw, large, expect):
+    from raeae.restore import Plan, RestoreConfig, plan_stages
+
+    plan = plan_stages(RestoreConfig(**kw), nodes, batches=100, large_images=large)
+    assert (plan.actors, plan.actor_cpus, plan.actor_gpus, plan.threads, plan.task_cpus) == expect
+    assert isinstance(plan, Plan)
+
+
+def test_stage_plan_never_starts_more_actors_than_units_nor_a_gpu_actor_without_gpus():
+    from raeae.restore import RestoreConfig, plan_stages
+
+    assert plan_stages(RestoreConfig(), [{"CPU": 8.0}], batches=3).actors == 3
+    with pytest.raises(ValueError, match="no GPUs"):
+        plan_stages(RestoreConfig(gpu=True), [{"CPU": 8.0}], batches=3)
