@@ -6,7 +6,7 @@ Cases (noisy σ=25 crops of the embedded sample photographs, gray and colour):
 
 * ``small``: 20,000 images of 28×28 to 64×64;
 * ``mixed``: 3,000 files, 2,800 of 64×64 and 200 of 180×180;
-* ``large``: 24 images of 512×512 to 1024×768;
+* ``large``: 96 images of 512×512 to 1024×1024;
 * ``startup``: 1, 100 and 10,000 images of 64×64 (fixed costs: start-to-first-row and end to end).
 
 For `raeae restore` it also reports each stage's share of the busy time (decode / model actor / encode,
@@ -43,7 +43,7 @@ CASES = {
     # name: [(count, smallest side, largest side), ...]
     "small": [(20000, 28, 64)],
     "mixed": [(2800, 64, 64), (200, 180, 180)],
-    "large": [(24, 512, 1024)],
+    "large": [(96, 512, 1024)],
 }
 STARTUP_SIZES = (1, 100, 10000)
 
