@@ -24,7 +24,7 @@ RECORD = "raeae_run.json"
 # Settings that may change between attempts of one run: where things go and how many resources it
 # gets, not what it learns. Everything else must match for a resume.
 RUNTIME_FIELDS = frozenset({"output", "workers", "gpu", "cpus_per_worker", "storage", "failures",
-                            "keep_checkpoints", "run_name"})
+                            "keep_checkpoints", "run_name", "precision"})
 
 
 @dataclass(frozen=True)
