@@ -1,8 +1,8 @@
 """Learn from the damaged archive itself, then restore all of it: one job for archives that have no
 clean copies.
 
-Step 1 trains a model on (a sample of) the archive's own noisy images with blind-spot masking
-(``TrainConfig.self_supervised``); step 2 is a nightly run with that model, so the output has the
+Step 1 trains a model on (a sample of) the archive's own noisy images (``TrainConfig.self_supervised``:
+recorrupted pairs for Gaussian-like noise, blind-spot masking for any other); step 2 is a nightly run with that model, so the output has the
 nightly guarantees (exactly once, committed by a manifest). The model is kept under
 ``OUTPUT/_models/<run id>/`` and the run's manifest names it, so every row can be traced to the model
 that made it and that model to its training settings and data.
@@ -19,7 +19,7 @@ from raeae.images import decode
 from raeae.model import photo_config
 from raeae.nightly import NightlyConfig, nightly
 from raeae.storage import StorageConfig, list_images, read_bytes, resolve
-from raeae.train import TrainConfig, train
+from raeae.train import Scheme, TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,11 @@ class ArchiveConfig:
                                                             "are plenty for a patch model)"})
     channels: int = field(default=0, metadata={"help": "1 gray or 3 colour model; 0 = what most of the first "
                                                        "50 archive images are"})
+    scheme: Scheme = field(default=Scheme.RECORRUPT, metadata={
+        "help": "how to learn from noisy images alone: recorrupt (Gaussian-like noise, of std --noise-sigma "
+                "or estimated) or blind-spot (any pixel-independent noise: salt-and-pepper, Poisson-like)"})
+    noise_sigma: float = field(default=0.0, metadata={
+        "help": "with --scheme recorrupt: the archive's noise std (0-255); 0 = estimate it from the images"})
     workers: int = field(default=1, metadata={"help": "Ray Train workers"})
     gpu: bool = field(default=False, metadata={"help": "train and restore on GPUs"})
     run_id: str = field(default="", metadata={"help": "name of the run (default: UTC time)"})
@@ -45,6 +50,8 @@ class ArchiveConfig:
     def __post_init__(self) -> None:
         if self.channels not in (0, 1, 3):
             raise ValueError(f"channels must be 0, 1 or 3, got {self.channels}")
+        if self.noise_sigma < 0:
+            raise ValueError(f"noise_sigma must be >= 0, got {self.noise_sigma}")
 
 
 def majority_channels(archive: str, storage: StorageConfig, look_at: int = 50) -> int:
@@ -73,7 +80,7 @@ def self_train_and_restore(cfg: ArchiveConfig, verbose: bool = False) -> dict:
     print(f"raeae archive: step 1/2: learn from the noisy images of {cfg.archive} ({'colour' if channels == 3 else 'gray'} "
           f"model, up to {cfg.max_images} files, {cfg.max_minutes:g} min)")
     train(TrainConfig(data=cfg.archive, output=model_dir, model=photo_config(channels), self_supervised=True,
-                      max_images=cfg.max_images, max_minutes=cfg.max_minutes, workers=cfg.workers, gpu=cfg.gpu,
+                      scheme=cfg.scheme, noise_sigma=cfg.noise_sigma, max_images=cfg.max_images, max_minutes=cfg.max_minutes, workers=cfg.workers, gpu=cfg.gpu,
                       seed=cfg.seed, storage=cfg.storage, storage_path=posixpath.join(root, "_models", "ray")),
           verbose=verbose)
     print(f"raeae archive: step 2/2: restore all of {cfg.archive} with it")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import torch
 
+from raeae.inference import default_stride
 from raeae.model import DenseAutoencoder, ModelConfig, build_model
 from raeae.storage import StorageConfig, StorageError, explain, read_bytes, resolve
 
@@ -128,6 +129,13 @@ def model_from_state(state: dict) -> DenseAutoencoder:
     model = build_model(ModelConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+def recommended_stride(state: dict, override: int = 0) -> int:
+    """The tile stride to restore with: ``override`` when given, else the checkpoint's recommendation
+    (the stride its training validated with), else half a patch."""
+    return override or int(state.get("inference", {}).get("stride", 0)) or \
+        default_stride(ModelConfig.from_dict(state["model_config"]).patch_size)
 
 
 def load_state(uri: str, storage: StorageConfig = StorageConfig()) -> tuple[dict, str]:

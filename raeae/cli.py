@@ -45,7 +45,7 @@ def _train(args: argparse.Namespace) -> int:
     best = next((h for h in r.history if h["epoch"] == r.best_epoch), {})
     quality = (f"validation PSNR noisy {r.best_val_psnr_noisy:.2f} dB -> model {r.best_val_psnr:.2f} dB "
                f"(+{r.best_val_psnr - r.best_val_psnr_noisy:.2f} dB)" if "val_psnr" in best
-               else f"blind-spot validation loss {best.get('val_ss_loss', float('nan')):.5f}")
+               else f"self-supervised validation loss {best.get('val_ss_loss', float('nan')):.5f}")
     print(f"raeae train: run {r.run_name}: trained {r.epochs_trained} epoch(s) in {r.minutes_trained:.1f} min "
           f"this time (stopped: {r.stopped or 'not yet'}); best epoch {r.best_epoch}: {quality}")
     print(f"raeae train: checkpoint: {r.checkpoint_uri}")

@@ -137,6 +137,31 @@ def blind_spot(x: torch.Tensor, ratio: float, gen: torch.Generator, radius: int 
     return torch.where(mask, neighbour, x), mask
 
 
+def recorrupt(y: torch.Tensor, sigma: float, alpha: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recorrupted-to-Recorrupted pairs (Pang et al., CVPR 2021) from noisy patches ``y`` whose noise
+    is Gaussian of std ``sigma``: input ``y + alpha*z``, target ``y - z/alpha``, with ``z ~ N(0, sigma^2)``.
+
+    The two noises, ``n + alpha*z`` and ``n - z/alpha``, have zero covariance, so for Gaussian ``n``
+    they are independent: the expected MSE to the target is the MSE to the unknown clean image plus a
+    constant, on every pixel (blind-spot masking trains on 1/8 of them). The network learns to
+    denoise noise of std ``sigma * sqrt(1 + alpha^2)``."""
+    z = torch.randn(y.shape, generator=gen, device=gen.device).to(y.device) * sigma
+    return y + alpha * z, y - z / alpha
+
+
+def estimate_sigma(image: torch.Tensor) -> float:
+    """The noise std of an image ``(C, H, W)`` in [0, 1], assuming pixel-independent noise: the median
+    absolute diagonal Haar detail over 0.6745 (Donoho's MAD estimator). The finest diagonal detail is
+    almost all noise in photographs, so texture inflates it only a little. Noise clipped to 8 bits in
+    dark or bright areas is weaker there, and reads so."""
+    c, h, w = image.shape
+    x = image[:, : h // 2 * 2, : w // 2 * 2].float()
+    hh = (x[:, 0::2, 0::2] - x[:, 0::2, 1::2] - x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 2
+    if hh.numel() == 0:
+        return 0.0
+    return float(hh.abs().median()) / 0.6745
+
+
 def masked_mse(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the hidden pixels only; ``out``/``target`` ``(N, C*p*p)``, ``mask``
     ``(N, 1, p, p)``."""

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from raeae.checkpoint import AUTO, model_from_state, parse, read_models
+from raeae.checkpoint import AUTO, model_from_state, parse, read_models, recommended_stride
 from raeae.checkpoint import model_id as model_id_of
 from raeae.corrupt import Noise, NoiseConfig, corrupt
 from raeae.data import load_images
@@ -114,8 +114,7 @@ def evaluate(cfg: EvaluateConfig, printer: Callable[[str], None] = print) -> dic
     states = [parse(b, cfg.model) for b in blobs]
     models = [model_from_state(st) for st in states]
     model_id = "+".join(model_id_of(b) for b in blobs)
-    strides = {id(m): cfg.stride or int(st.get("inference", {}).get("stride", 0)) or None
-               for m, st in zip(models, states)}
+    strides = {id(m): recommended_stride(st, cfg.stride) for m, st in zip(models, states)}
     images = load_images(cfg.data, None, cfg.storage, limit=cfg.limit)
     if not images:
         raise ValueError(f"{cfg.data}: no images")

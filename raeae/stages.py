@@ -27,8 +27,7 @@ from raeae.images import channels, decode, encode_png
 from raeae.storage import StorageConfig, read_bytes, resolve
 
 if TYPE_CHECKING:  # torch is imported by the model actors only: a decode or encode task's worker
-    import torch  # stays ~300 MB smaller and starts ~1.5 s sooner without it
-
+    # stays ~300 MB smaller and starts ~1.5 s sooner without it
     from raeae.inference import Precision
     from raeae.patches import Blend
 
@@ -96,27 +95,6 @@ def decode_batch(batch: pa.Table, input_uri: str, storage: StorageConfig, max_pi
     return pa.Table.from_pylist(rows, schema=DECODED)
 
 
-class _TimedModel:
-    """The model, with the seconds spent in its forward passes added up: the share of the actor's
-    time a faster accelerator would shrink (tiling and stitching around it would not)."""
-
-    def __init__(self, model, device: "torch.device"):
-        import torch
-
-        self.model, self.config, self.seconds = model, model.config, 0.0
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
-        t0 = time.perf_counter()
-        y = self.model(x)
-        self.sync()
-        self.seconds += time.perf_counter() - t0
-        return y
-
-
 class ModelStage:
     """Stage 2, a Ray Data callable class: loads the model(s) once in ``__init__``; ``__call__`` restores
     a batch of decoded rows. With two models (``builtin:auto``) each image goes to the one made for it.
@@ -130,7 +108,7 @@ class ModelStage:
         import torch
 
         from raeae import checkpoint as ckpt
-        from raeae.inference import Precision, default_stride
+        from raeae.inference import Precision
         from raeae.patches import Blend
 
         if threads > 0:
@@ -150,18 +128,18 @@ class ModelStage:
             m = ckpt.model_from_state(state).to(self.device)
             self.models.append(m)
             self.ids[id(m)] = data_id
-            self.strides[id(m)] = stride or int(state.get("inference", {}).get("stride", 0)) or \
-                default_stride(m.config.patch_size)
+            self.strides[id(m)] = ckpt.recommended_stride(state, stride)
         self.tile_batch, self.ensemble = tile_batch, ensemble
         self.blend, self.precision = blend or Blend.GAUSSIAN, precision or Precision.AUTO
 
     def _restore(self, model, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
         from raeae.inference import restore_arrays
 
-        timed = _TimedModel(model, self.device)
-        out = restore_arrays(timed, images, self.strides[id(model)], self.tile_batch, self.device,
-                             blend=self.blend, ensemble=self.ensemble, precision=self.precision)
-        return out, timed.seconds
+        forward_s = []
+        out = restore_arrays(model, images, self.strides[id(model)], self.tile_batch, self.device,
+                             blend=self.blend, ensemble=self.ensemble, precision=self.precision,
+                             on_forward=forward_s.append)
+        return out, sum(forward_s)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from raeae.inference import pick_model
