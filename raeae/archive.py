@@ -2,7 +2,7 @@
 clean copies.
 
 Step 1 trains a model on (a sample of) the archive's own noisy images (``TrainConfig.self_supervised``:
-recorrupted pairs for Gaussian-like noise, blind-spot masking for any other); step 2 is a nightly run with that model, so the output has the
+recorrupted pairs for Gaussian-like noise, blind-spot masking for impulse noise, chosen from the images); step 2 is a nightly run with that model, so the output has the
 nightly guarantees (exactly once, committed by a manifest). The model is kept under
 ``OUTPUT/_models/<run id>/`` and the run's manifest names it, so every row can be traced to the model
 that made it and that model to its training settings and data.
@@ -36,9 +36,10 @@ class ArchiveConfig:
                                                             "are plenty for a patch model)"})
     channels: int = field(default=0, metadata={"help": "1 gray or 3 colour model; 0 = what most of the first "
                                                        "50 archive images are"})
-    scheme: Scheme = field(default=Scheme.RECORRUPT, metadata={
+    scheme: Scheme = field(default=Scheme.AUTO, metadata={
         "help": "how to learn from noisy images alone: recorrupt (Gaussian-like noise, of std --noise-sigma "
-                "or estimated) or blind-spot (any pixel-independent noise: salt-and-pepper, Poisson-like)"})
+                "or estimated), blind-spot (any pixel-independent noise, salt-and-pepper too), or auto "
+                "(recorrupt unless the archive's noise is impulsive)"})
     noise_sigma: float = field(default=0.0, metadata={
         "help": "with --scheme recorrupt: the archive's noise std (0-255); 0 = estimate it from the images"})
     workers: int = field(default=1, metadata={"help": "Ray Train workers"})
