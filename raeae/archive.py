@@ -11,7 +11,7 @@ that made it and that model to its training settings and data.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from raeae.data import to_channels
@@ -19,7 +19,7 @@ from raeae.images import decode
 from raeae.model import photo_config
 from raeae.nightly import NightlyConfig, nightly
 from raeae.storage import StorageConfig, list_images, read_bytes, resolve
-from raeae.train import Scheme, TrainConfig, train
+from raeae.train import Preset, Scheme, train
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,11 @@ def self_train_and_restore(cfg: ArchiveConfig, verbose: bool = False) -> dict:
     channels = cfg.channels or majority_channels(cfg.archive, cfg.storage)
     print(f"raeae archive: step 1/2: learn from the noisy images of {cfg.archive} ({'colour' if channels == 3 else 'gray'} "
           f"model, up to {cfg.max_images} files, {cfg.max_minutes:g} min)")
-    train(TrainConfig(data=cfg.archive, output=model_dir, model=photo_config(channels), self_supervised=True,
-                      scheme=cfg.scheme, noise_sigma=cfg.noise_sigma, max_images=cfg.max_images, max_minutes=cfg.max_minutes, workers=cfg.workers, gpu=cfg.gpu,
-                      seed=cfg.seed, storage=cfg.storage, storage_path=posixpath.join(root, "_models", "ray")),
-          verbose=verbose)
+    recipe = replace(Preset.ARCHIVE.config(), data=cfg.archive, output=model_dir, model=photo_config(channels),
+                     scheme=cfg.scheme, noise_sigma=cfg.noise_sigma, max_images=cfg.max_images,
+                     max_minutes=cfg.max_minutes, workers=cfg.workers, gpu=cfg.gpu, seed=cfg.seed,
+                     storage=cfg.storage, storage_path=posixpath.join(root, "_models", "ray"))
+    train(recipe, verbose=verbose)
     print(f"raeae archive: step 2/2: restore all of {cfg.archive} with it")
     return nightly(NightlyConfig(model=model_dir, archive=cfg.archive, output=cfg.output, run_id=run_id),
                    verbose=verbose)

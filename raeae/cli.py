@@ -27,7 +27,9 @@ def train_config_from_args(args: argparse.Namespace):
     from raeae.train import Preset, TrainConfig, detect_preset
 
     preset = Preset(args.preset)
-    if preset is Preset.AUTO:
+    if preset is Preset.AUTO and args.self_supervised:
+        preset = Preset.ARCHIVE
+    elif preset is Preset.AUTO:
         storage = config_from_args(StorageConfig, args)
         preset = detect_preset(args.data or "", storage)
     base = preset.config()
@@ -134,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         if cls is TrainConfig:
             p.add_argument("--preset", choices=[e.value for e in Preset], default=Preset.AUTO.value,
                            help="recipe the unset flags come from: photo (13x13 residual net, cosine lr "
-                                "3e-4, flips, 10 min), digits (MNIST net, lr 3e-3, 10 epochs), auto = "
-                                "digits for MNIST IDX data, photo otherwise [default: auto]")
+                                "3e-4, flips, 10 min), digits (MNIST net, lr 3e-3, 10 epochs), archive "
+                                "(photo, self-supervised, batches of 1024 at lr 6e-4), auto = digits for "
+                                "MNIST IDX data, archive with --self-supervised, photo otherwise [default: auto]")
         p.set_defaults(func=fn)
     return parser
 

@@ -48,7 +48,7 @@ def test_train_has_the_documented_flags():
     flags = {s for a in sub._actions for s in a.option_strings}
     for f in ["--data", "--output", "--epochs", "--max-minutes", "--patch-size", "--stride", "--hidden", "--latent",
               "--residual", "--loss", "--noise", "--sigma", "--amount", "--workers", "--gpu", "--batch-size", "--lr",
-              "--run-name", "--seed"]:
+              "--run-name", "--seed", "--self-supervised", "--scheme", "--noise-sigma", "--recorrupt-alpha"]:
         assert f in flags
 
 
@@ -78,3 +78,17 @@ def test_unknown_choice_is_rejected_by_argparse(capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "raeae.cli", "--help"], capture_output=True, text=True, check=True)
     assert "restore" in out.stdout
+
+
+@pytest.mark.parametrize(("argv", "preset", "batch", "lr", "self_supervised"), [
+    (["--data", "photos/"], "photo", 256, 3e-4, False),
+    (["--data", "scans/", "--self-supervised"], "archive", 1024, 6e-4, True),
+    (["--data", "scans/", "--self-supervised", "--batch-size", "256"], "archive", 256, 6e-4, True),
+    (["--data", "scans/", "--preset", "archive"], "archive", 1024, 6e-4, True),
+    (["--data", "scans/", "--self-supervised", "--preset", "photo"], "photo", 256, 3e-4, True),
+])
+def test_train_takes_its_recipe_from_the_preset_and_flags_on_top(argv, preset, batch, lr, self_supervised):
+    from raeae.cli import train_config_from_args
+
+    chosen, cfg = train_config_from_args(build_parser().parse_args(["train", "--output", "m", *argv]))
+    assert (chosen.value, cfg.batch_size, cfg.lr, cfg.self_supervised) == (preset, batch, lr, self_supervised)
