@@ -17,7 +17,6 @@ cost more than the fold itself.
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -76,31 +75,8 @@ def _filesystem(input_uri: str, storage: StorageConfig):
     return _FILESYSTEMS[key]
 
 
-def _yield_to_the_model() -> None:
-    """Run this decode/encode thread at idle priority (Linux SCHED_IDLE; a policy is per thread), so
-    that on a shared node the model actor's matrix multiplies keep their cores and the CPU stages
-    fill the gaps: a multi-threaded GEMM waits for its slowest thread, so one core taken by a PNG
-    encode stalls all of them. Ray starts every worker at the same niceness, actors included, so
-    niceness alone cannot tell the stages apart. Needs no privilege; elsewhere a no-op."""
-    try:
-        if os.sched_getscheduler(0) != os.SCHED_IDLE:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux, or not allowed: normal priority
-        pass
-
-
-def _normal_priority() -> None:
-    """Undo :func:`_yield_to_the_model` in a worker process Ray reuses for a model actor."""
-    try:
-        if os.sched_getscheduler(0) == os.SCHED_IDLE:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except (AttributeError, OSError):
-        pass
-
-
 def decode_batch(batch: pa.Table, input_uri: str, storage: StorageConfig, max_pixels: int) -> pa.Table:
     """Stage 1: listing rows (path, size, mtime) -> decoded rows (``DECODED``)."""
-    _yield_to_the_model()
     fs = _filesystem(input_uri, storage)
     rows = []
     for item in batch.to_pylist():
@@ -135,7 +111,6 @@ class ModelStage:
         from raeae.inference import Precision
         from raeae.patches import Blend
 
-        _normal_priority()  # before torch starts its threads, which inherit it
         if threads > 0:
             torch.set_num_threads(threads)
         # Each actor reads the checkpoint itself (a URI is a small constructor argument; megabytes of
@@ -211,7 +186,6 @@ def _ts_us(seconds: float | None) -> int | None:
 
 def encode_batch(batch: pa.Table, png_level: int, schema: pa.Schema) -> pa.Table:
     """Stage 3: restored rows -> Parquet rows (``schema``, the restore contract), PNG-encoded."""
-    _yield_to_the_model()
     out = []
     for row in batch.to_pylist():
         t0 = time.perf_counter()
