@@ -136,7 +136,7 @@ class TrainConfig:
                 "on Train400->BSD68 σ=25 after 1,500 steps: 1/16 +4.21 dB, 1/8 +4.62, 1/4 and 1/2 no better)"})
     val_clean: str = field(default="", metadata={
         "help": "with --self-supervised: clean copies of the images (same file names), to report a "
-                "validation PSNR; without it validation reports the blind-spot loss"})
+                "validation PSNR; without it validation reports the self-supervised loss"})
     max_images: int = field(default=0, metadata={
         "help": "train on a random sample of at most this many files of --data (0 = all)"})
     stride: int = field(default=0, metadata={
