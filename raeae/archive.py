@@ -2,8 +2,9 @@
 clean copies.
 
 Step 1 trains a model on (a sample of) the archive's own noisy images (``TrainConfig.self_supervised``:
-recorrupted pairs for Gaussian-like noise, blind-spot masking for impulse noise, chosen from the images); step 2 is a nightly run with that model, so the output has the
-nightly guarantees (exactly once, committed by a manifest). The model is kept under
+recorrupted pairs for Gaussian-like noise, blind-spot masking for impulse noise, chosen from the
+images); step 2 is a nightly run with that model, so the output has the nightly guarantees (exactly
+once, committed by a manifest). The model is kept under
 ``OUTPUT/_models/<run id>/`` and the run's manifest names it, so every row can be traced to the model
 that made it and that model to its training settings and data.
 """

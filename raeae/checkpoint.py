@@ -21,7 +21,7 @@ from raeae.storage import StorageConfig, StorageError, explain, read_bytes, reso
 
 CHECKPOINT_FILE = "model.pt"
 FORMAT_VERSION = 1
-BUILTIN = "builtin:"  # models that ship inside the package: builtin:gray (builtin:color when one ships; builtin:auto picks per image)
+BUILTIN = "builtin:"  # models that ship inside the package: builtin:gray, builtin:color (builtin:auto picks per image)
 AUTO = BUILTIN + "auto"  # per image: the colour model for colour images, the gray one for gray images
 BUILTIN_DIR = Path(__file__).resolve().parent / "models"
 
