@@ -301,15 +301,15 @@ def resolve_self_supervision(cfg: TrainConfig, images: list[torch.Tensor]) -> Tr
     the same σ (ranks that trained different losses would average nonsense, or wait forever)."""
     if not cfg.self_supervised or cfg.scheme is Scheme.BLIND_SPOT:
         return cfg
-    sample = [im.float() / 255.0 for im in images[:NOISE_SAMPLE]]
+    sample = images[:NOISE_SAMPLE]  # converted to float one image at a time: large photos add up
     world = _world()[1]
     if cfg.scheme is Scheme.AUTO:
-        share = _all_reduce(float(np.median([impulse_share(x) for x in sample])) if sample else 0.0,
+        share = _all_reduce(float(np.median([impulse_share(x.float() / 255.0) for x in sample])) if sample else 0.0,
                             dist.ReduceOp.SUM) / world
         cfg = replace(cfg, scheme=Scheme.BLIND_SPOT if share > IMPULSE_SHARE else Scheme.RECORRUPT)
     if cfg.scheme is Scheme.BLIND_SPOT or cfg.noise_sigma > 0:
         return cfg
-    sigma = _all_reduce(float(np.median([estimate_sigma(x) for x in sample])) if sample else 0.0,
+    sigma = _all_reduce(float(np.median([estimate_sigma(x.float() / 255.0) for x in sample])) if sample else 0.0,
                         dist.ReduceOp.SUM) / world
     if sigma <= 0:
         raise ValueError("--scheme recorrupt: no noise found in the training images (estimated σ = 0); "
