@@ -103,37 +103,78 @@ def _samples(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from raeae.archive import ArchiveConfig
-    from raeae.demo import DemoConfig, SamplesConfig
-    from raeae.evaluate import EvaluateConfig
-    from raeae.export import ExportConfig
-    from raeae.nightly import NightlyConfig
-    from raeae.restore import RestoreConfig
-    from raeae.train import Preset, TrainConfig
+def _config_classes() -> dict:
+    """Each command's config class, imported on demand: train, evaluate and demo import torch (~1.5 s),
+    which restore and nightly leave to their model actors."""
+    def train():
+        from raeae.train import TrainConfig
+        return TrainConfig
 
+    def restore():
+        from raeae.restore import RestoreConfig
+        return RestoreConfig
+
+    def nightly():
+        from raeae.nightly import NightlyConfig
+        return NightlyConfig
+
+    def archive():
+        from raeae.archive import ArchiveConfig
+        return ArchiveConfig
+
+    def export():
+        from raeae.export import ExportConfig
+        return ExportConfig
+
+    def evaluate():
+        from raeae.evaluate import EvaluateConfig
+        return EvaluateConfig
+
+    def demo():
+        from raeae.demo import DemoConfig
+        return DemoConfig
+
+    def samples():
+        from raeae.demo import SamplesConfig
+        return SamplesConfig
+
+    return {"train": train, "restore": restore, "nightly": nightly, "archive": archive, "export": export,
+            "evaluate": evaluate, "demo": demo, "samples": samples}
+
+
+COMMANDS = [  # name, function, one-line help
+    ("train", _train, "train a denoising autoencoder on Ray Train"),
+    ("restore", _restore, "restore a collection of images into Parquet with Ray Data"),
+    ("nightly", _nightly, "restore only what is new in an archive, exactly once"),
+    ("archive", _archive, "learn from a noisy archive itself (no clean images), then restore all of it"),
+    ("export", _export, "write restored images from Parquet back to image files"),
+    ("evaluate", _evaluate, "PSNR/SSIM of a model against classical denoisers"),
+    ("demo", _demo, "the main job end to end on embedded sample photographs"),
+    ("samples", _samples, "write a noisy archive of the embedded sample photographs"),
+]
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``raeae`` parser. With ``only``, just that command gets its flags (the others are listed
+    by name), so a command imports its own modules and no one else's."""
     parser = argparse.ArgumentParser(prog="raeae", description="Distributed batch image restoration with a "
                                      "dense denoising autoencoder (Ray Train + Ray Data).")
     parser.add_argument("--version", action="version", version=f"raeae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = [
-        ("train", TrainConfig, _train, "train a denoising autoencoder on Ray Train"),
-        ("restore", RestoreConfig, _restore, "restore a collection of images into Parquet with Ray Data"),
-        ("nightly", NightlyConfig, _nightly, "restore only what is new in an archive, exactly once"),
-        ("archive", ArchiveConfig, _archive, "learn from a noisy archive itself (no clean images), then "
-                                             "restore all of it"),
-        ("export", ExportConfig, _export, "write restored images from Parquet back to image files"),
-        ("evaluate", EvaluateConfig, _evaluate, "PSNR/SSIM of a model against classical denoisers"),
-        ("demo", DemoConfig, _demo, "the main job end to end on embedded sample photographs"),
-        ("samples", SamplesConfig, _samples, "write a noisy archive of the embedded sample photographs"),
-    ]
-    for name, cls, fn, help_text in commands:
+    classes = _config_classes()
+    for name, fn, help_text in COMMANDS:
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text, description=help_text)
+            continue
+        cls = classes[name]()
         p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip().splitlines()[0])
         # nightly reads --archive; its nested restore settings take their input from there
-        add_config_flags(p, cls, skip=("input",) if cls is NightlyConfig else ())
+        add_config_flags(p, cls, skip=("input",) if name == "nightly" else ())
         p.add_argument("--verbose", action="store_true",
                        help="show Ray's own log lines and every worker's output [default: off, quiet]")
-        if cls is TrainConfig:
+        if name == "train":
+            from raeae.train import Preset
+
             p.add_argument("--preset", choices=[e.value for e in Preset], default=Preset.AUTO.value,
                            help="recipe the unset flags come from: photo (13x13 residual net, cosine lr "
                                 "3e-4, flips, 10 min), digits (MNIST net, lr 3e-3, 10 epochs), archive "
@@ -144,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    names = [name for name, _, _ in COMMANDS]
+    parser = build_parser(only=argv[0] if argv and argv[0] in names else None)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

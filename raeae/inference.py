@@ -7,8 +7,6 @@ back. Alpha channels are copied through untouched.
 
 from __future__ import annotations
 
-import contextlib
-import enum
 import time
 from collections.abc import Callable
 
@@ -17,44 +15,8 @@ import torch
 
 from raeae.images import join_alpha, split_alpha
 from raeae.model import DenseAutoencoder
-from raeae.patches import Blend, TileGrid, restore_tiles, run_chunks
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively: CUDA GPUs from Ampere on, CPUs with
-    AVX512-BF16 or AMX. Elsewhere bf16 is emulated and slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:  # private helpers; an older or newer torch without them simply gets fp32
-            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-        except AttributeError:
-            return False
-    return False
-
-
-class Precision(enum.Enum):
-    """The number format of the model's matrix multiplies at restore time (tiling, blending and the
-    residual subtraction stay float32)."""
-
-    # bf16 where the hardware has it natively, else fp32. Measured on BSD68 σ=25 with builtin:gray
-    # on an AVX512-BF16 CPU: -0.002 dB for 2.4x the speed.
-    AUTO = "auto"
-    FP32 = "fp32"
-    BF16 = "bf16"
-
-    def autocast(self, device: torch.device):
-        """The context the forward passes run in."""
-        bf16 = self is Precision.BF16 or (self is Precision.AUTO and fast_bf16(device))
-        if bf16 and device.type in ("cuda", "cpu"):
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-
-def default_stride(patch: int) -> int:
-    """Half-patch overlap: each pixel is averaged over ~4 tiles, which removes tile seams; a smaller
-    stride averages more (slightly better PSNR) at quadratically more compute."""
-    return max(1, patch // 2)
+from raeae.patches import TileGrid, restore_tiles, run_chunks
+from raeae.settings import Blend, Precision, default_stride, fast_bf16  # noqa: F401 - re-exported
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

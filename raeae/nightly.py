@@ -166,7 +166,7 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
     storage = cfg.restore.storage
     model_bytes = ckpt.read_models(cfg.model, storage)
     for b in model_bytes:
-        ckpt.parse(b, cfg.model)  # fail fast on a bad checkpoint
+        ckpt.read_header(b, cfg.model)  # fail fast on a bad checkpoint
     ids = [ckpt.model_id(b) for b in model_bytes]
     model_ids, model_id = set(ids), "+".join(ids)
     files = list_images(cfg.archive, storage)

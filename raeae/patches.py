@@ -9,12 +9,13 @@ huge images.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from raeae.settings import Blend
 
 # A model on flattened patches: (N, C*p*p) -> (N, C*p*p).
 PatchFn = Callable[[torch.Tensor], torch.Tensor]
@@ -98,21 +99,6 @@ def _padded_size(n: int, patch: int, stride: int) -> int:
     m = max(n, patch)
     rem = (m - patch) % stride
     return m if rem == 0 else m + stride - rem
-
-
-class Blend(enum.Enum):
-    """How overlapping tiles' outputs are averaged into one pixel."""
-
-    FLAT = "flat"  # every tile counts the same
-    GAUSSIAN = "gaussian"  # tiles count more near their centre, where the model saw the most context
-
-    def window(self, patch: int) -> torch.Tensor | None:
-        """Per-pixel weights of one ``patch``×``patch`` tile (None: flat)."""
-        if self is Blend.FLAT:
-            return None
-        d = torch.arange(patch, dtype=torch.float32) - (patch - 1) / 2
-        g = torch.exp(-(d ** 2) / (2 * (patch / 4) ** 2))
-        return g[:, None] * g[None, :]
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,7 @@ import pyarrow.parquet as pq
 from raeae import checkpoint as ckpt
 from raeae.cluster import connect, show_progress
 from raeae.images import DEFAULT_MAX_PIXELS
-from raeae.inference import Precision
-from raeae.patches import Blend
+from raeae.settings import Blend, Precision
 from raeae.stages import ModelStage, decode_batch, encode_batch
 from raeae.storage import StorageConfig, StorageError, explain, list_images, resolve, write_bytes
 
@@ -328,7 +327,7 @@ def restore(cfg: RestoreConfig, verbose: bool = False) -> dict:
         if not getattr(cfg, name):
             raise ValueError(f"--{name} is required")
     model_bytes = ckpt.read_models(cfg.model, cfg.storage)
-    states = [ckpt.parse(b, cfg.model) for b in model_bytes]  # fail fast on a bad checkpoint, before Ray starts
+    states = [ckpt.read_header(b, cfg.model) for b in model_bytes]  # fail fast on a bad checkpoint, before Ray starts
     model_id = "+".join(ckpt.model_id(b) for b in model_bytes)
     files = list_images(cfg.input, cfg.storage)
     out_fs, out_path = resolve(cfg.output, cfg.storage)
