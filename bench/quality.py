@@ -9,7 +9,10 @@ wavelet / NL-means on the very same noisy images, and the published numbers:
 * self-supervised (``--self-supervised-minutes``): a noisy copy of the training set (σ=25, seed 0) is
   the archive; ``raeae archive`` learns from its noisy images alone and restores it; scored on that
   archive against its clean originals (next to TV / NL-means on the same noisy files) and, with the
-  same model, on the gray test set at σ=25 (Noise2Void's published BSD68 number: 27.71 dB).
+  same model, on the gray test set at σ=25 (Noise2Void's published BSD68 number: 27.71 dB). With
+  ``--train-color`` the same for colour: a noisy copy of the first ``--color-archive-images`` colour
+  training images is the archive (``raeae archive`` picks a colour model by itself), scored on it and
+  on ``--test-color``.
 
     .venv/bin/python bench/quality.py --train ../shared/data/train400 --test ../shared/data/bsd68 \\
         --test-color ../shared/data/cbsd68 --sigmas 15,25,50 --minutes 10
@@ -51,8 +54,10 @@ def fresh_model(train: str, sigma: float, minutes: float, out: str, workers: int
     return model_dir
 
 
-def self_supervised(train: str, test: str, minutes: float, limit: int, out: str) -> dict:
-    """The archive workflow on a noisy copy of ``train``: learn from it, restore it, score both ways."""
+def self_supervised(train: str, test: str, minutes: float, limit: int, out: str, archive_images: int = 0,
+                    channels: int = 1) -> dict:
+    """The archive workflow on a noisy copy of ``train`` (its first ``archive_images``, 0 = all): learn
+    from it, restore it, score both ways."""
     from PIL import Image
 
     from raeae.data import load_images
@@ -61,11 +66,11 @@ def self_supervised(train: str, test: str, minutes: float, limit: int, out: str)
     archive, restored = f"{out}/noisy-archive", f"{out}/archive-restored"
     if not os.path.isdir(archive):
         os.makedirs(archive)
-        for i, (name, clean) in enumerate(load_images(train)):
+        for i, (name, clean) in enumerate(load_images(train, limit=archive_images)):
             Image.fromarray(make_noisy(clean, NoiseConfig(sigma=25), i)).save(
                 f"{archive}/{os.path.splitext(name)[0]}.png")
     rc = raeae_main(["archive", "--archive", archive, "--output", restored, "--max-minutes", f"{minutes:g}",
-                     "--channels", "1", "--run-id", f"bench{time.time_ns()}"])
+                     "--channels", str(channels), "--run-id", f"bench{time.time_ns()}"])
     if rc != 0:
         raise SystemExit(f"raeae archive failed (exit {rc})")
     on_archive = evaluate(EvaluateConfig(restored=restored, data=train, noise=NoiseConfig(sigma=25),
@@ -101,6 +106,17 @@ def table(title: str, rows: list[dict], published: dict) -> None:
     print_table(["σ", *names, f"published {pub_names}"], out)
 
 
+def ss_table(title: str, ss: dict, test: str, published: float, published_name: str) -> None:
+    print(f"\n{title}:\n")
+    rows = [["the noisy archive itself", f"{ss['archive']['images']}"] +
+            [f"{ss['archive']['methods'][k]['psnr']:.2f}" for k in ("noisy input", "raeae", "TV (Chambolle)",
+                                                                    "NL-means")] + ["-"],
+            [test, f"{ss['test']['images']}"] +
+            [f"{ss['test']['methods'][k]['psnr']:.2f}" for k in ("noisy input", "self-supervised",
+                                                                 "TV (Chambolle)", "NL-means")] + [f"{published:.2f}"]]
+    print_table(["scored on", "images", "noisy", "raeae self-supervised", "TV", "NL-means", published_name], rows)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--test", required=True, help="clean gray test images, e.g. ../shared/data/bsd68")
@@ -113,14 +129,21 @@ def main(argv=None) -> int:
     p.add_argument("--self-supervised-minutes", type=float, default=0.0,
                    help="learn from a noisy copy of --train alone for this long (raeae archive) and score "
                         "it (0 = skip)")
+    p.add_argument("--train-color", default="", help="clean colour images whose noisy copy is a colour archive "
+                                                     "for the self-supervised row, e.g. ../shared/data/cbsd432")
+    p.add_argument("--color-archive-images", type=int, default=100,
+                   help="the colour archive: this many of --train-color's images (100 of 481x321 hold about "
+                        "as many pixels as Train400)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers for the fresh model")
     p.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images (0 = all)")
     p.add_argument("--out", default="runs/quality", help="models, evaluate.json and grids go here")
     a = p.parse_args(argv)
-    if (a.minutes > 0 or a.self_supervised_minutes > 0) and not a.train:
-        p.error("--minutes and --self-supervised-minutes need --train")
+    if (a.minutes > 0 or (a.self_supervised_minutes > 0 and not a.train_color)) and not a.train:
+        p.error("--minutes and --self-supervised-minutes need --train (or --train-color)")
+    if a.train_color and not a.test_color:
+        p.error("--train-color needs --test-color")
     bundled = set(builtin_names())
-    sigmas = [float(s) for s in a.sigmas.split(",")]
+    sigmas = [float(s) for s in a.sigmas.split(",") if s.strip()]  # "" = the self-supervised rows only
     gray_rows, color_rows = [], []
     for sigma in sigmas:
         models = {"builtin:gray": BUILTIN + "gray"} if BUILTIN + "gray" in bundled else {}
@@ -139,20 +162,18 @@ def main(argv=None) -> int:
         table(f"{a.test} ({gray_rows[0]['images']} images), PSNR dB / SSIM ({cpus} CPUs)", gray_rows, PUBLISHED_GRAY)
     if color_rows:
         table(f"{a.test_color} ({color_rows[0]['images']} images), PSNR dB / SSIM", color_rows, PUBLISHED_COLOR)
-    ss = None
-    if a.self_supervised_minutes > 0:
+    ss = ss_color = None
+    if a.self_supervised_minutes > 0 and a.train:
         ss = self_supervised(a.train, a.test, a.self_supervised_minutes, a.limit, f"{a.out}/self-supervised")
-        print(f"\nSelf-supervised, {a.self_supervised_minutes:g} min on the noisy archive only (σ=25):\n")
-        rows = [["the noisy archive itself", f"{ss['archive']['images']}"] +
-                [f"{ss['archive']['methods'][k]['psnr']:.2f}" for k in ("noisy input", "raeae", "TV (Chambolle)",
-                                                                        "NL-means")] + ["-"],
-                [f"{a.test}", f"{ss['test']['images']}"] +
-                [f"{ss['test']['methods'][k]['psnr']:.2f}" for k in ("noisy input", "self-supervised",
-                                                                     "TV (Chambolle)", "NL-means")] + ["27.71"]]
-        print_table(["scored on", "images", "noisy", "raeae self-supervised", "TV", "NL-means",
-                     "Noise2Void (published, BSD68)"], rows)
+        ss_table(f"Self-supervised, {a.self_supervised_minutes:g} min on the noisy archive only (σ=25)",
+                 ss, a.test, 27.71, "Noise2Void (published, BSD68)")
+    if a.self_supervised_minutes > 0 and a.train_color:
+        ss_color = self_supervised(a.train_color, a.test_color, a.self_supervised_minutes, a.limit,
+                                   f"{a.out}/self-supervised-color", a.color_archive_images, channels=3)
+        ss_table(f"Self-supervised colour, {a.self_supervised_minutes:g} min on the noisy colour archive only "
+                 f"(σ=25)", ss_color, a.test_color, PUBLISHED_COLOR[25]["CBM3D"], "CBM3D (published)")
     write_json(f"{a.out}/quality.json", {"gray": gray_rows, "color": color_rows, "minutes": a.minutes,
-                                         "self_supervised": ss})
+                                         "self_supervised": ss, "self_supervised_color": ss_color})
     return 0
 
 

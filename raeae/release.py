@@ -69,6 +69,10 @@ def package(trained: str, target: str, command: str, commit: str, test_data: str
         "psnr_db": measure(model, images, list(sigmas)), "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "dtype": "float16",
     }
+    init = state.get("train_config", {}).get("init", "")
+    if init:  # a fine-tune: its total training includes the model it started from, whose record this keeps
+        provenance["init"] = init
+        provenance["init_provenance"] = ckpt.load_state(init)[0].get("provenance")
     slim = {k: v for k, v in state.items() if k not in ("history", "optimizer", "progress")}
     slim["model"] = half
     slim["provenance"] = provenance

@@ -53,9 +53,11 @@ def test_bench_quality(ray_session, tmp_path):
     copy_samples(tmp_path / "train", ("camera.png", "coins.png"))
     copy_samples(tmp_path / "test", ("moon.png",))
     copy_samples(tmp_path / "test_color", ("chelsea.png",))
+    copy_samples(tmp_path / "train_color", ("astronaut.png", "coffee.png", "rocket.jpg"))
     out = run_bench(ray_session, "quality.py", "--train", str(tmp_path / "train"), "--test", str(tmp_path / "test"),
                     "--test-color", str(tmp_path / "test_color"), "--sigmas", "25", "--minutes", "0.05",
-                    "--self-supervised-minutes", "0.05", "--out", str(tmp_path / "q"))
+                    "--self-supervised-minutes", "0.05", "--train-color", str(tmp_path / "train_color"),
+                    "--color-archive-images", "2", "--out", str(tmp_path / "q"))
     assert "| σ |" in out and "| 25 |" in out
     rows = json.loads((tmp_path / "q" / "quality.json").read_text())
     gray = rows["gray"][0]["methods"]
@@ -65,6 +67,9 @@ def test_bench_quality(ray_session, tmp_path):
     ss = rows["self_supervised"]
     assert ss["archive"]["images"] == 2 and {"raeae", "TV (Chambolle)"} <= set(ss["archive"]["methods"])
     assert "self-supervised" in ss["test"]["methods"] and "| raeae self-supervised |" in out
+    colour = rows["self_supervised_color"]  # the first 2 colour images are the archive; a colour model by itself
+    assert colour["archive"]["images"] == 2 and colour["test"]["images"] == 1
+    assert "Self-supervised colour" in out and "CBM3D (published)" in out
 
 
 def test_bench_levers(ray_session, tmp_path):

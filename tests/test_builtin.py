@@ -81,3 +81,20 @@ def test_restore_without_model_sends_each_image_to_its_bundled_model(ray_session
     colour_model = ids.get("color", ids["gray"])  # without a bundled colour model: gray, channel by channel
     assert by_name["rgb.png"]["model_id"] == colour_model and by_name["rgba.png"]["model_id"] == colour_model
     assert by_name["rgba.png"]["channels"] == 4 and by_name["rgb.png"]["channels"] == 3  # alpha kept
+
+
+def test_packaging_a_fine_tune_keeps_the_record_of_the_model_it_started_from(tmp_path):
+    from raeae.data import copy_samples
+    from raeae.model import ModelConfig, build_model
+    from raeae.release import package
+
+    cfg = ModelConfig(patch_size=5, hidden=(8,), latent=4, residual=True)
+    ckpt.save(ckpt.checkpoint_state(build_model(cfg), cfg, train_config={"data": "train", "init": "builtin:gray"},
+                                    history=[{"epoch": 1, "elapsed_s": 60.0}]), str(tmp_path / "trained"))
+    copy_samples(tmp_path / "test", ("camera.png",))
+    target = str(tmp_path / "bundled.pt")
+    p = package(str(tmp_path / "trained"), target, "raeae train --init builtin:gray ...", "0" * 40,
+                str(tmp_path / "test"), sigmas=[25.0])
+    assert p["init"] == "builtin:gray" and p["train_minutes"] == 1.0
+    assert p["init_provenance"] == ckpt.load_state("builtin:gray")[0]["provenance"]
+    assert ckpt.load_state(target)[0]["provenance"]["init_provenance"]["train_minutes"] > 0
