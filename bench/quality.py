@@ -44,13 +44,20 @@ PUBLISHED_COLOR = {15: {"CBM3D": 33.52, "MLP": None, "CDnCNN": 33.89},
                    50: {"CBM3D": 27.38, "MLP": None, "CDnCNN": 27.92}}
 
 
-def fresh_model(train: str, sigma: float, minutes: float, out: str, workers: int) -> str:
-    """A σ-specific model trained through the CLI, with nothing but the flags a user would give."""
-    model_dir = f"{out}/fresh-s{sigma:g}"
+# The blind range of the bundled models (and of the --blind comparison): σ 0-55 on the 0-255 scale.
+BLIND_SIGMA_MAX = 55.0
+
+
+def fresh_model(train: str, sigma: float, minutes: float, out: str, workers: int, sigma_max: float = 0.0) -> str:
+    """A model trained through the CLI, with nothing but the flags a user would give: σ-specific, or
+    blind over [sigma, sigma_max] when ``sigma_max`` is set."""
+    model_dir = f"{out}/fresh-s{sigma:g}" + (f"-{sigma_max:g}" if sigma_max else "")
+    blind = ["--sigma-max", f"{sigma_max:g}"] if sigma_max else []
     rc = raeae_main(["train", "--data", train, "--output", model_dir, "--noise", "gaussian", "--sigma", f"{sigma:g}",
-                     "--max-minutes", f"{minutes:g}", "--workers", str(workers), "--storage-path", f"{out}/ray"])
+                     *blind, "--max-minutes", f"{minutes:g}", "--workers", str(workers),
+                     "--storage-path", f"{out}/ray"])
     if rc != 0:
-        raise SystemExit(f"training the fresh σ={sigma:g} model failed (exit {rc})")
+        raise SystemExit(f"training the fresh model {model_dir} failed (exit {rc})")
     return model_dir
 
 
@@ -125,6 +132,9 @@ def main(argv=None) -> int:
                                                "../shared/data/train400 (needed with --minutes)")
     p.add_argument("--minutes", type=float, default=0.0, help="train a fresh σ-specific model per σ for this "
                                                               "long with the shipped defaults (0 = none)")
+    p.add_argument("--blind", action="store_true",
+                   help="with --minutes, also train one blind model (σ 0-55) for the same minutes and score it at "
+                        "every σ beside the σ-specific ones: the equal-budget comparison")
     p.add_argument("--sigmas", default="15,25,50", help="noise levels (0-255), comma separated")
     p.add_argument("--self-supervised-minutes", type=float, default=0.0,
                    help="learn from a noisy copy of --train alone for this long (raeae archive) and score "
@@ -140,13 +150,22 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if (a.minutes > 0 or (a.self_supervised_minutes > 0 and not a.train_color)) and not a.train:
         p.error("--minutes and --self-supervised-minutes need --train (or --train-color)")
+    if a.blind and a.minutes <= 0:
+        p.error("--blind needs --minutes")
     if a.train_color and not a.test_color:
         p.error("--train-color needs --test-color")
     bundled = set(builtin_names())
     sigmas = [float(s) for s in a.sigmas.split(",") if s.strip()]  # "" = the self-supervised rows only
     gray_rows, color_rows = [], []
+    blind = ""
+    if a.blind:
+        t0 = time.perf_counter()
+        blind = fresh_model(a.train, 0.0, a.minutes, a.out, a.workers, sigma_max=BLIND_SIGMA_MAX)
+        print(f"fresh blind model: {(time.perf_counter() - t0) / 60:.1f} min including Ray start-up")
     for sigma in sigmas:
         models = {"builtin:gray": BUILTIN + "gray"} if BUILTIN + "gray" in bundled else {}
+        if blind:
+            models[f"fresh blind {a.minutes:g} min"] = blind
         if a.minutes > 0:
             t0 = time.perf_counter()
             models[f"fresh {a.minutes:g} min"] = fresh_model(a.train, sigma, a.minutes, a.out, a.workers)

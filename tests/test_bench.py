@@ -55,13 +55,14 @@ def test_bench_quality(ray_session, tmp_path):
     copy_samples(tmp_path / "test_color", ("chelsea.png",))
     copy_samples(tmp_path / "train_color", ("astronaut.png", "coffee.png", "rocket.jpg"))
     out = run_bench(ray_session, "quality.py", "--train", str(tmp_path / "train"), "--test", str(tmp_path / "test"),
-                    "--test-color", str(tmp_path / "test_color"), "--sigmas", "25", "--minutes", "0.05",
+                    "--test-color", str(tmp_path / "test_color"), "--sigmas", "25", "--minutes", "0.05", "--blind",
                     "--self-supervised-minutes", "0.05", "--train-color", str(tmp_path / "train_color"),
                     "--color-archive-images", "2", "--out", str(tmp_path / "q"))
     assert "| σ |" in out and "| 25 |" in out
     rows = json.loads((tmp_path / "q" / "quality.json").read_text())
     gray = rows["gray"][0]["methods"]
     assert rows["gray"][0]["sigma"] == 25 and gray["fresh 0.05 min"]["psnr"] > 0
+    assert gray["fresh blind 0.05 min"]["psnr"] > 0  # --blind: one σ 0-55 model beside the σ-specific one
     assert {"builtin:gray", "noisy input", "TV (Chambolle)", "NL-means"} <= set(gray)
     assert {"builtin:gray per channel", "TV (Chambolle)"} <= set(rows["color"][0]["methods"])
     ss = rows["self_supervised"]
