@@ -21,7 +21,9 @@ from raeae.patches import Blend
 
 SETTINGS = [("flat s6", dict(stride=6, blend=Blend.FLAT)), ("gaussian s6", dict(stride=6)),
             ("flat s3", dict(stride=3, blend=Blend.FLAT)), ("gaussian s3", dict(stride=3)),
-            ("flat s6 ensemble", dict(stride=6, blend=Blend.FLAT, ensemble=True))]
+            ("flat s6 ensemble", dict(stride=6, blend=Blend.FLAT, ensemble=True)),
+            ("gaussian s4", dict(stride=4)), ("gaussian s6 ensemble", dict(stride=6, ensemble=True)),
+            ("gaussian s3 ensemble", dict(stride=3, ensemble=True))]  # 32x the default's work
 
 
 def main(argv=None) -> int:

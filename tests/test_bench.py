@@ -76,4 +76,4 @@ def test_bench_quality(ray_session, tmp_path):
 def test_bench_levers(ray_session, tmp_path):
     copy_samples(tmp_path / "test", ("camera.png",))
     out = run_bench(ray_session, "levers.py", "--test", str(tmp_path / "test"), "--limit", "1")
-    assert out.count("| flat") == 3 and "| gaussian s6 |" in out
+    assert out.count("| flat") == 3 and "| gaussian s6 |" in out and "| gaussian s3 ensemble |" in out
