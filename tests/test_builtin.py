@@ -49,7 +49,7 @@ def test_bundled_model_restores_well_above_the_noisy_input(name, image, sigma):
 
 
 def test_colour_model_beats_the_gray_model_channel_by_channel():
-    """CBSD68 (bench/quality.py): +1.90 / +1.68 / +1.23 dB at σ 15 / 25 / 50. Crops vary: the dark,
+    """CBSD68 (bench/release.py): +2.18 / +1.92 / +1.50 dB at σ 15 / 25 / 50. Crops vary: the dark,
     nearly gray corner of coffee.png at σ=50 gains only ~0.1 dB since builtin:gray's second release."""
     gains = []
     for image, sigma in [("astronaut.png", 25), ("chelsea.png", 25), ("coffee.png", 50)]:
