@@ -51,6 +51,7 @@ BLIND_SIGMA_MAX = 55.0
 def fresh_model(train: str, sigma: float, minutes: float, out: str, workers: int, sigma_max: float = 0.0) -> str:
     """A model trained through the CLI, with nothing but the flags a user would give: σ-specific, or
     blind over [sigma, sigma_max] when ``sigma_max`` is set."""
+    t0 = time.perf_counter()
     model_dir = f"{out}/fresh-s{sigma:g}" + (f"-{sigma_max:g}" if sigma_max else "")
     blind = ["--sigma-max", f"{sigma_max:g}"] if sigma_max else []
     rc = raeae_main(["train", "--data", train, "--output", model_dir, "--noise", "gaussian", "--sigma", f"{sigma:g}",
@@ -58,6 +59,8 @@ def fresh_model(train: str, sigma: float, minutes: float, out: str, workers: int
                      "--storage-path", f"{out}/ray"])
     if rc != 0:
         raise SystemExit(f"training the fresh model {model_dir} failed (exit {rc})")
+    kind = f"blind σ {sigma:g}-{sigma_max:g}" if sigma_max else f"σ={sigma:g}"
+    print(f"fresh {kind} model: {(time.perf_counter() - t0) / 60:.1f} min including Ray start-up")
     return model_dir
 
 
@@ -159,17 +162,13 @@ def main(argv=None) -> int:
     gray_rows, color_rows = [], []
     blind = ""
     if a.blind:
-        t0 = time.perf_counter()
         blind = fresh_model(a.train, 0.0, a.minutes, a.out, a.workers, sigma_max=BLIND_SIGMA_MAX)
-        print(f"fresh blind model: {(time.perf_counter() - t0) / 60:.1f} min including Ray start-up")
     for sigma in sigmas:
         models = {"builtin:gray": BUILTIN + "gray"} if BUILTIN + "gray" in bundled else {}
         if blind:
             models[f"fresh blind {a.minutes:g} min"] = blind
         if a.minutes > 0:
-            t0 = time.perf_counter()
             models[f"fresh {a.minutes:g} min"] = fresh_model(a.train, sigma, a.minutes, a.out, a.workers)
-            print(f"fresh σ={sigma:g} model: {(time.perf_counter() - t0) / 60:.1f} min including Ray start-up")
         if models:
             gray_rows.append({"sigma": sigma, **score(models, a.test, sigma, a.limit, f"{a.out}/gray")})
         if a.test_color and BUILTIN + "gray" in bundled:

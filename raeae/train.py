@@ -94,6 +94,10 @@ class TrainConfig:
     lr: float = field(default=3e-4, metadata={
         "help": "Adam learning rate (photos: 3e-4 with cosine decay, +0.6 dB over 1e-3 on BSD68 in 10 min)"})
     loss: Loss = field(default=Loss.MSE, metadata={"help": "reconstruction loss"})
+    sigma_balance: float = field(default=0.0, metadata={
+        "help": "blind training (--sigma-max): weigh each patch's squared error by (25/σ)^this, σ that patch's "
+                "own noise level (at least 5). A denoiser's error grows about linearly with σ, so plain MSE (0) "
+                "is ruled by the noisiest patches; 1 weighs every level's PSNR about equally"})
     cosine: bool = field(default=True, metadata={
         "help": "cosine-decay the learning rate to 0 over the run (epochs, or the time budget if that "
                 "ends first)"})
@@ -171,6 +175,10 @@ class TrainConfig:
                   (self.recorrupt_alpha > 0, f"recorrupt_alpha must be > 0, got {self.recorrupt_alpha}"),
                   (self.max_images >= 0, f"max_images must be >= 0, got {self.max_images}"),
                   (not self.val_clean or self.self_supervised, "--val-clean needs --self-supervised"),
+                  (self.sigma_balance >= 0, f"sigma_balance must be >= 0, got {self.sigma_balance}"),
+                  (not self.sigma_balance or (self.noise.sigma_max > self.noise.sigma and self.loss is Loss.MSE
+                                              and not self.self_supervised),
+                   "--sigma-balance weighs a blind range of Gaussian noise: it needs --sigma-max and mse"),
                   (not (self.self_supervised and self.loss is Loss.BCE), "--self-supervised trains with mse"),
                   (0 <= self.stride <= self.model.patch_size,
                    f"stride must be in [0, patch size {self.model.patch_size}], got {self.stride}"),
@@ -193,6 +201,7 @@ class TrainConfig:
                 "noise": self.noise.to_dict(), "storage": self.storage.to_dict(), "init": self.init,
                 "epochs": self.epochs, "max_minutes": self.max_minutes, "patience": self.patience,
                 "batch_size": self.batch_size, "lr": self.lr, "cosine": self.cosine, "loss": self.loss.value,
+                "sigma_balance": self.sigma_balance,
                 "workers": self.workers, "gpu": self.gpu, "cpus_per_worker": self.cpus_per_worker,
                 "patches_per_image": self.patches_per_image, "augment": self.augment, "stride": self.stride,
                 "precision": self.precision.value,
@@ -267,7 +276,15 @@ def _images(shard, channels: int) -> list[torch.Tensor]:
     return out
 
 
-def _loss(model, noisy: torch.Tensor, clean: torch.Tensor, loss: Loss) -> torch.Tensor:
+def sigma_weights(noisy: torch.Tensor, clean: torch.Tensor, power: float) -> torch.Tensor:
+    """Per-patch loss weights ``(25/σ)^power`` from each flattened patch's own noise level σ (0-255, at
+    least 5), scaled to mean 1 so the learning rate keeps its meaning."""
+    level = (noisy - clean).float().pow(2).mean(1).sqrt().mul(255.0).clamp(min=5.0)
+    w = (25.0 / level).pow(power)
+    return w / w.mean()
+
+
+def _loss(model, noisy: torch.Tensor, clean: torch.Tensor, loss: Loss, weights: torch.Tensor | None = None) -> torch.Tensor:
     module = model.module if hasattr(model, "module") else model
     if loss is Loss.BCE and module.sigmoid_head:
         # On the logits: numerically stable, and the gradient does not vanish at saturated pixels.
@@ -275,6 +292,8 @@ def _loss(model, noisy: torch.Tensor, clean: torch.Tensor, loss: Loss) -> torch.
     out = model(noisy)
     if loss is Loss.BCE:
         return F.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), clean)
+    if weights is not None:
+        return ((out - clean).pow(2).mean(1) * weights).mean()
     return F.mse_loss(out, clean)
 
 
@@ -350,7 +369,8 @@ class EpochTrainer:
     def _step_loss_in(self, patches: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if not self.cfg.self_supervised:
             noisy, clean = self._batch(patches, gen)
-            return _loss(self.model, noisy, clean, self.cfg.loss)
+            weights = sigma_weights(noisy, clean, self.cfg.sigma_balance) if self.cfg.sigma_balance else None
+            return _loss(self.model, noisy, clean, self.cfg.loss, weights)
         noisy = patches.to(self.device, non_blocking=True).float().div_(255.0)  # already noisy
         if self.cfg.augment:
             noisy = dihedral(noisy, gen)

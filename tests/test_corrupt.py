@@ -63,3 +63,38 @@ def test_clip_keeps_values_in_range_like_a_stored_image():
 def test_invalid_noise_configs_are_refused(kwargs):
     with pytest.raises(ValueError):
         NoiseConfig(**kwargs)
+
+
+# --- blind training: per-patch weights by noise level (--sigma-balance) ------------------------------
+
+def test_sigma_weights_follow_each_patch_noise_level_with_mean_one():
+    from raeae.train import sigma_weights
+
+    clean = torch.full((3000, 169), 0.5)
+    sigmas = torch.tensor([10.0, 40.0, 0.0]).repeat(1000)
+    noisy = clean + torch.randn(clean.shape, generator=gen()) * sigmas[:, None] / 255
+    w = sigma_weights(noisy, clean, 1.0)
+    assert abs(float(w.mean()) - 1.0) < 1e-5
+    by_level = [float(w[i::3].mean()) for i in range(3)]
+    assert abs(by_level[0] / by_level[1] - 4.0) < 0.15  # (25/10) / (25/40)
+    assert abs(by_level[2] / by_level[0] - 2.0) < 0.01  # a clean patch counts as σ=5, not as infinitely important
+    assert torch.allclose(sigma_weights(noisy, clean, 0.0), torch.ones(3000))
+
+
+def test_weighted_loss_with_equal_weights_is_the_plain_mse():
+    from raeae.model import build_model, seed_config
+    from raeae.train import Loss, _loss
+
+    model = build_model(seed_config(patch_size=4))
+    noisy, clean = torch.rand(8, 16), torch.rand(8, 16)
+    torch.testing.assert_close(_loss(model, noisy, clean, Loss.MSE, torch.ones(8)), _loss(model, noisy, clean, Loss.MSE))
+
+
+def test_sigma_balance_needs_a_blind_gaussian_range():
+    from raeae.train import TrainConfig
+
+    TrainConfig(noise=NoiseConfig(sigma=0, sigma_max=55), sigma_balance=1.0)
+    with pytest.raises(ValueError, match="needs --sigma-max"):
+        TrainConfig(sigma_balance=1.0)
+    with pytest.raises(ValueError, match="sigma_balance must be >= 0"):
+        TrainConfig(noise=NoiseConfig(sigma=0, sigma_max=55), sigma_balance=-1.0)
