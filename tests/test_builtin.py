@@ -2,6 +2,10 @@
 from, fit the size budget, the colour model beats the gray one channel by channel on colour photos,
 and `raeae restore` with no --model sends each image to the right one."""
 
+import os
+import shlex
+import subprocess
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -13,7 +17,7 @@ from raeae import checkpoint as ckpt
 from raeae.corrupt import NoiseConfig
 from raeae.evaluate import make_noisy
 from raeae.metrics import psnr
-from tests.conftest import photo
+from tests.conftest import ROOT, photo
 
 NAMES = ("gray", "color")
 
@@ -34,6 +38,23 @@ def test_bundled_model_carries_its_provenance(name):
     assert "raeae train" in p["command"] and len(p["commit"]) == 40 and p["train_minutes"] > 0
     assert p["train_data"] and p["test_data"] and set(p["psnr_db"]) == {"15", "25", "50"}
     assert all(v["model"] > v["noisy"] + 3 for v in p["psnr_db"].values())
+
+
+def test_each_bundled_model_comes_from_a_command_of_the_release_script_that_still_parses():
+    """bench/release_models.sh is the record of how the bundled models were made: the command in each
+    model's provenance is one of its steps, and every step is a valid `raeae train` today."""
+    from raeae.cli import build_parser, train_config_from_args
+
+    r = subprocess.run(["bash", "bench/release_models.sh"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "RELEASE_DRY_RUN": "1"})
+    assert r.returncode == 0, r.stderr
+    commands = [line.removeprefix("train: ") for line in r.stdout.splitlines()]
+    assert len(commands) >= 4 and all(c.startswith(".venv/bin/raeae train ") for c in commands), r.stdout
+    for command in commands:
+        _, cfg = train_config_from_args(build_parser(only="train").parse_args(shlex.split(command)[1:]))
+        assert (cfg.noise.sigma, cfg.noise.sigma_max) == (0, 55)  # every bundled model is blind over σ 0-55
+    for name in NAMES:
+        assert ckpt.load_state(f"builtin:{name}")[0]["provenance"]["command"] in commands
 
 
 @pytest.mark.parametrize("name,image,sigma", [("gray", "camera.png", 25), ("gray", "coins.png", 50),
