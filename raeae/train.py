@@ -97,7 +97,9 @@ class TrainConfig:
     sigma_balance: float = field(default=0.0, metadata={
         "help": "blind training (--sigma-max): weigh each patch's squared error by (25/σ)^this, σ that patch's "
                 "own noise level (at least 5). A denoiser's error grows about linearly with σ, so plain MSE (0) "
-                "is ruled by the noisiest patches; 1 weighs every level's PSNR about equally"})
+                "is ruled by the noisiest patches. Measured, 10 min blind σ 0-55 on Train400 -> BSD68 σ 15/25/50: "
+                "0 30.14/27.87/24.86, 0.5 30.20/27.87/24.81, 1 30.23/27.84/24.74 dB: it moves PSNR from high σ "
+                "to low σ, it does not add any, so the default is 0"})
     cosine: bool = field(default=True, metadata={
         "help": "cosine-decay the learning rate to 0 over the run (epochs, or the time budget if that "
                 "ends first)"})
