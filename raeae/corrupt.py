@@ -42,6 +42,11 @@ class NoiseConfig:
         if self.block < 1:
             raise ValueError(f"block must be >= 1, got {self.block}")
 
+    @property
+    def blind(self) -> bool:
+        """Whether σ is drawn per sample from a range (blind denoising) rather than fixed."""
+        return self.sigma_max > self.sigma
+
     def to_dict(self) -> dict:
         return {"noise": self.noise.value, "sigma": self.sigma, "sigma_max": self.sigma_max,
                 "amount": self.amount, "block": self.block, "clip": self.clip}

@@ -56,7 +56,7 @@ def make_noisy(clean: np.ndarray, noise: NoiseConfig, seed: int) -> np.ndarray:
 def _sigma(noise: NoiseConfig, noisy: np.ndarray) -> float:
     """Noise level for the classical methods, on [0, 1]: the true σ when known (as BM3D is
     benchmarked), else scikit-image's estimate."""
-    if noise.noise is Noise.GAUSSIAN and noise.sigma_max <= noise.sigma:
+    if noise.noise is Noise.GAUSSIAN and not noise.blind:
         return noise.sigma / 255.0
     from skimage.restoration import estimate_sigma
 

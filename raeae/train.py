@@ -178,7 +178,7 @@ class TrainConfig:
                   (self.max_images >= 0, f"max_images must be >= 0, got {self.max_images}"),
                   (not self.val_clean or self.self_supervised, "--val-clean needs --self-supervised"),
                   (self.sigma_balance >= 0, f"sigma_balance must be >= 0, got {self.sigma_balance}"),
-                  (not self.sigma_balance or (self.noise.sigma_max > self.noise.sigma and self.loss is Loss.MSE
+                  (not self.sigma_balance or (self.noise.blind and self.loss is Loss.MSE
                                               and not self.self_supervised),
                    "--sigma-balance weighs a blind range of Gaussian noise: it needs --sigma-max and mse"),
                   (not (self.self_supervised and self.loss is Loss.BCE), "--self-supervised trains with mse"),
@@ -469,7 +469,7 @@ def validate(model, val: list[torch.Tensor], cfg: TrainConfig, device: torch.dev
     module.eval()
     gen = torch.Generator().manual_seed(cfg.seed + 7919)
     noise = cfg.noise
-    if noise.sigma_max > noise.sigma:
+    if noise.blind:
         # Blind training: validate at the middle of the range. Random σ per image let a few nearly
         # clean images (σ≈0, 40+ dB) dominate the mean, which then fell while the model improved
         # (measured on the colour model: 26.48 -> 26.21 dB over 10 epochs as the train loss fell 14 %).
