@@ -66,16 +66,21 @@ def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
-def gaussian(x: torch.Tensor, sigma: float, gen: torch.Generator, sigma_max: float = 0.0) -> torch.Tensor:
-    """Additive white Gaussian noise; σ on the 0–255 scale, per-sample uniform in [σ, σ_max] if σ_max > σ."""
+def draw_sigmas(x: torch.Tensor, sigma: float, gen: torch.Generator, sigma_max: float = 0.0) -> torch.Tensor:
+    """Each sample's Gaussian σ ``(N,)`` on the 0–255 scale: ``sigma``, or uniform in [σ, σ_max] if σ_max > σ."""
     if sigma_max > sigma:
         s = torch.rand(x.shape[0], generator=gen, device=gen.device, dtype=x.dtype).to(x.device)
-        s = s * (sigma_max - sigma) + sigma
-        s = _per_sample(s, x)
-    else:
-        s = sigma
+        return s * (sigma_max - sigma) + sigma
+    return torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
+
+
+def gaussian(x: torch.Tensor, sigma: float, gen: torch.Generator, sigma_max: float = 0.0,
+             sigmas: torch.Tensor | None = None) -> torch.Tensor:
+    """Additive white Gaussian noise; σ on the 0–255 scale, per-sample uniform in [σ, σ_max] if σ_max > σ,
+    or each sample's own from ``sigmas`` (``draw_sigmas``) when given."""
+    s = draw_sigmas(x, sigma, gen, sigma_max) if sigmas is None else sigmas
     noise = torch.randn(x.shape, generator=gen, device=gen.device, dtype=x.dtype).to(x.device)
-    return x + noise * (s / 255.0)
+    return x + noise * _per_sample(s / 255.0, x)
 
 
 def salt_pepper(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
@@ -106,15 +111,23 @@ def block_mask(x: torch.Tensor, block: int, gen: torch.Generator) -> torch.Tenso
 
 def corrupt(x: torch.Tensor, config: NoiseConfig, gen: torch.Generator) -> torch.Tensor:
     """Apply ``config``'s corruption to a clean batch ``(N, C, H, W)`` in [0, 1]."""
+    return corrupt_with_level(x, config, gen)[0]
+
+
+def corrupt_with_level(x: torch.Tensor, config: NoiseConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``corrupt``, and each sample's Gaussian noise std in [0, 1] units ``(N,)`` (what a ``noise_input``
+    model is told); None for the other corruptions, which have no σ."""
+    level = None
     if config.noise is Noise.GAUSSIAN:
-        y = gaussian(x, config.sigma, gen, config.sigma_max)
+        sigmas = draw_sigmas(x, config.sigma, gen, config.sigma_max)
+        y, level = gaussian(x, config.sigma, gen, sigmas=sigmas), sigmas / 255.0
     elif config.noise is Noise.SALT_PEPPER:
         y = salt_pepper(x, config.amount, gen)
     elif config.noise is Noise.MASK:
         y = pixel_mask(x, config.amount, gen)
     else:
         y = block_mask(x, config.block, gen)
-    return y.clamp(0.0, 1.0) if config.clip else y
+    return (y.clamp(0.0, 1.0) if config.clip else y), level
 
 
 # --- blind-spot masking, for learning from noisy images alone ---------------------------------------

@@ -37,6 +37,9 @@ class EvaluateConfig:
     stride: int = field(default=0, metadata={"help": "tile stride (0 = the checkpoint's recommendation)"})
     blend: Blend = field(default=Blend.GAUSSIAN, metadata={"help": "tile blending, as in restore"})
     ensemble: bool = field(default=False, metadata={"help": "8 flips/rotations averaged, as in restore"})
+    tell_sigma: bool = field(default=False, metadata={
+        "help": "models trained with --noise-input: tell them the true σ of the noise instead of letting them "
+                "estimate it from each image as restore does (the blind score is the default)"})
     baselines: bool = field(default=True, metadata={"help": "also run TV, wavelet and NL-means"})
     output: str = field(default="runs/evaluate", metadata={"help": "local folder for evaluate.json and grid.png"})
     grid_images: int = field(default=4, metadata={"help": "images shown in the before/after grid"})
@@ -44,6 +47,10 @@ class EvaluateConfig:
         "help": "instead of running the model, score a `raeae restore`/`nightly` output: each ok row "
                 "against the clean image in --data with the same file stem, and its source as the noisy input"})
     storage: StorageConfig = StorageConfig()
+
+    def __post_init__(self) -> None:
+        if self.tell_sigma and (self.noise.noise is not Noise.GAUSSIAN or self.noise.blind):
+            raise ValueError("--tell-sigma tells the model one known σ: it needs --noise gaussian and no --sigma-max")
 
 
 def make_noisy(clean: np.ndarray, noise: NoiseConfig, seed: int) -> np.ndarray:
@@ -131,7 +138,8 @@ def evaluate(cfg: EvaluateConfig, printer: Callable[[str], None] = print) -> dic
         add("noisy input", clean, noisy, 0.0)
         t0 = time.perf_counter()
         model = pick_model(models, noisy)
-        restored = restore_array(model, noisy, strides[id(model)], blend=cfg.blend, ensemble=cfg.ensemble)
+        restored = restore_array(model, noisy, strides[id(model)], blend=cfg.blend, ensemble=cfg.ensemble,
+                                 noise_level=cfg.noise.sigma if cfg.tell_sigma else None)
         add("raeae", clean, restored, time.perf_counter() - t0)
         outputs = {}
         if cfg.baselines:

@@ -13,9 +13,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from raeae.corrupt import estimate_sigma
 from raeae.images import join_alpha, split_alpha
 from raeae.model import DenseAutoencoder
-from raeae.patches import TileGrid, restore_tiles, run_chunks
+from raeae.patches import TileGrid, restore_tiles
 from raeae.settings import Blend, Precision, default_stride, fast_bf16  # noqa: F401 - re-exported
 
 
@@ -88,7 +89,8 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
                    batch_size: int = 4096, device: torch.device | str | None = None,
                    blend: Blend = Blend.GAUSSIAN, ensemble: bool = False,
                    pack_tiles: int = PACK_TILES, precision: Precision = Precision.AUTO,
-                   on_forward: Callable[[float], None] | None = None) -> list[np.ndarray]:
+                   on_forward: Callable[[float], None] | None = None,
+                   noise_level: float | None = None) -> list[np.ndarray]:
     """Restore many uint8 images (each H×W or H×W×1..4, any size); returns each restored, same shape.
 
     The tiles of small images are packed into shared forward passes of up to ``batch_size`` tiles:
@@ -96,17 +98,19 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
     The result is the same as restoring each image alone. With ``ensemble`` each image is restored in
     its 8 flips/rotations and the results averaged (8× the work). ``precision`` sets the number format
     of the forward passes. ``on_forward``, if given, receives the seconds of each forward pass (the
-    part of the work a faster accelerator shrinks; tiling and stitching around it stay)."""
+    part of the work a faster accelerator shrinks; tiling and stitching around it stay). A model that
+    takes the noise level (``noise_input``) is told ``noise_level`` (σ, 0-255 scale) for every image,
+    or by default each image's own estimate (:func:`noise_level_of`)."""
     cfg = model.config
     stride = stride or default_stride(cfg.patch_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     window = blend.window(cfg.patch_size)
     autocast = precision.autocast(device)
 
-    def fn(flat: torch.Tensor) -> torch.Tensor:
+    def fn(flat: torch.Tensor, level: torch.Tensor | float | None) -> torch.Tensor:
         t0 = time.perf_counter()
         with autocast:
-            out = model(flat).float().clamp_(0.0, 1.0)
+            out = model(flat, level=level).float().clamp_(0.0, 1.0)
         if on_forward is not None:
             if device.type != "cpu":
                 torch.accelerator.synchronize(device)  # accelerators run asynchronously: wait to time
@@ -114,6 +118,7 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
         return out
 
     prepared = [_as_batch(model, image, device) for image in images]
+    levels = [_level(model, batch, noise_level) for batch, _ in prepared]
     results: list[np.ndarray | None] = [None] * len(images)
     pack: list[tuple[int, torch.Tensor, TileGrid]] = []
 
@@ -121,7 +126,11 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
         if not pack:
             return
         x = torch.cat([grid.tiles(grid.pad(batch)) for _, batch, grid in pack])
-        out = run_chunks(fn, x, batch_size)
+        # each tile is told its own image's noise level (noise_input models; else there is none)
+        lv = (torch.cat([torch.full((grid.count,), levels[i], device=device) for i, _, grid in pack])
+              if model.config.noise_input else None)
+        out = torch.cat([fn(x[j:j + batch_size], None if lv is None else lv[j:j + batch_size])
+                         for j in range(0, x.shape[0], batch_size)])
         start = 0
         for i, batch, grid in pack:
             results[i] = prepared[i][1](grid.blend(out[start:start + grid.count], batch, window))
@@ -131,8 +140,9 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
     for i, (batch, finish) in enumerate(prepared):
         grid = TileGrid.of(batch, cfg.patch_size, stride)
         if ensemble or grid.count > pack_tiles:
-            def one(b: torch.Tensor) -> torch.Tensor:
-                return restore_tiles(fn, b, cfg.patch_size, stride, batch_size=batch_size, blend=blend)
+            def one(b: torch.Tensor, level=levels[i]) -> torch.Tensor:
+                return restore_tiles(lambda t: fn(t, level), b, cfg.patch_size, stride, batch_size=batch_size,
+                                     blend=blend)
             out = (sum(inv(one(fwd(batch))) for fwd, inv in _dihedral_views(batch)) / 8) if ensemble else one(batch)
             results[i] = finish(out)
             continue
@@ -143,13 +153,27 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
     return results
 
 
+def noise_level_of(batch: torch.Tensor) -> float:
+    """The noise std (0-255 scale) of an image batch ``(B, C, H, W)`` in [0, 1], all its planes taken
+    together: a scan's channels come from the same sensor, and more details make a steadier median."""
+    return estimate_sigma(batch.reshape(-1, *batch.shape[-2:]).float()) * 255.0
+
+
+def _level(model: DenseAutoencoder, batch: torch.Tensor, noise_level: float | None) -> float | None:
+    """What a ``noise_input`` model is told about ``batch``: its noise std in [0, 1] units."""
+    if not model.config.noise_input:
+        return None
+    return (noise_level if noise_level is not None else noise_level_of(batch)) / 255.0
+
+
 def restore_array(model: DenseAutoencoder, image: np.ndarray, stride: int | None = None,
                   batch_size: int = 4096, device: torch.device | str | None = None,
                   blend: Blend = Blend.GAUSSIAN, ensemble: bool = False,
-                  precision: Precision = Precision.AUTO) -> np.ndarray:
+                  precision: Precision = Precision.AUTO, noise_level: float | None = None) -> np.ndarray:
     """Restore a uint8 image (H×W, H×W×1..4) of any size; returns uint8 of the same shape. With
     ``ensemble`` the image is restored in its 8 flips/rotations and the results averaged (8× the work)."""
-    return restore_arrays(model, [image], stride, batch_size, device, blend, ensemble, precision=precision)[0]
+    return restore_arrays(model, [image], stride, batch_size, device, blend, ensemble, precision=precision,
+                          noise_level=noise_level)[0]
 
 
 def pick_model(models: list[DenseAutoencoder], image: np.ndarray) -> DenseAutoencoder:

@@ -56,6 +56,9 @@ class ColorMode(enum.Enum):
 # up to the scaling this is an orthonormal basis, so white noise stays white in every plane.
 OPPONENT_MATRIX = ((1 / 3, 1 / 3, 1 / 3), (1 / 2, 0.0, -1 / 2), (1 / 4, -1 / 2, 1 / 4))
 OPPONENT_OFFSET = (0.0, 0.5, 0.5)
+# The noise level fed to a noise_input network, in units of σ=25 on the 0-255 scale, so that it is of
+# the same order as the centred pixels beside it.
+LEVEL_UNIT = 25.0 / 255.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ class ModelConfig:
     color: ColorMode = field(default=ColorMode.OPPONENT, metadata={
         "help": "3-channel models only: 'opponent' restores luma and two chroma planes with one shared "
                 "network (measured far better on 2 CPUs), 'joint' feeds the whole p×p×3 patch to one network"})
+    noise_input: bool = field(default=False, metadata={
+        "help": "the network is also told the noise level σ of what it restores (one more input, as FFDNet's "
+                "noise map): training gives it the σ it drew, restore estimates it per image"})
 
     def __post_init__(self) -> None:
         if self.patch_size < 1:
@@ -129,6 +135,7 @@ class ModelConfig:
             residual=bool(d["residual"]),
             # checkpoints from before colour modes were joint
             color=ColorMode(d.get("color", ColorMode.JOINT.value)),
+            noise_input=bool(d.get("noise_input", False)),  # checkpoints from before it had none
         )
 
 
@@ -171,7 +178,8 @@ class DenseAutoencoder(nn.Module):
         super().__init__()
         self.config = config
         n = config.net_features
-        self.encoder = nn.Sequential(*_mlp([n, *config.hidden, config.latent], config.activation))
+        self.encoder = nn.Sequential(*_mlp([n + int(config.noise_input), *config.hidden, config.latent],
+                                           config.activation))
         self.decoder = nn.Sequential(*_mlp([config.latent, *config.decoder_hidden], config.activation),
                                      nn.Linear(([config.latent, *config.decoder_hidden])[-1], n))
         # buffers, so they follow .to(device) and dtype; not persistent: fixed, not learnt
@@ -179,6 +187,8 @@ class DenseAutoencoder(nn.Module):
         self.register_buffer("to_planes", m, persistent=False)
         self.register_buffer("from_planes", torch.linalg.inv(m), persistent=False)
         self.register_buffer("plane_offset", torch.tensor(OPPONENT_OFFSET).reshape(1, 3, 1), persistent=False)
+        # white RGB noise of std σ has std σ·|row| in each opponent plane
+        self.register_buffer("plane_gain", m.norm(dim=1), persistent=False)
 
     @torch.no_grad()
     def init_output_bias(self, mean_patch: torch.Tensor) -> None:
@@ -197,22 +207,33 @@ class DenseAutoencoder(nn.Module):
         """True when ``forward`` is the sigmoid of ``logits`` (so BCE can be taken on the logits)."""
         return self.config.head is Head.SIGMOID and not self.config.residual and not self.config.planes
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
         """The last layer's raw values: pre-sigmoid intensities, or the noise estimate in residual mode.
 
         Pixels in [0, 1] are centred and scaled to about unit spread before the first layer (as Burger
         et al. normalise their patches). Measured: +0.34 dB on BSD68 σ=25 after 2 CPU minutes; -0.4 dB on
-        2-epoch MNIST, whose near-binary inputs gain nothing from it."""
-        return self.decoder(self.encoder((x - 0.5) * 4.0))
+        2-epoch MNIST, whose near-binary inputs gain nothing from it. A ``noise_input`` network takes
+        ``level``, each row's noise std in [0, 1] units (``(N,)``), as one more input."""
+        z = (x - 0.5) * 4.0
+        if self.config.noise_input:
+            z = torch.cat([z, self._level_column(level, x)], dim=1)
+        return self.decoder(self.encoder(z))
 
-    def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
+    def _level_column(self, level: torch.Tensor | float | None, x: torch.Tensor) -> torch.Tensor:
+        if level is None:
+            raise ValueError("this model takes the noise level of its input (noise_input): pass level=")
+        level = torch.as_tensor(level, dtype=x.dtype, device=x.device)
+        return (level / LEVEL_UNIT).expand(x.shape[0]).reshape(-1, 1).to(x.dtype)
+
+    def forward(self, x: torch.Tensor, logits: bool = False, level: torch.Tensor | float | None = None) -> torch.Tensor:
         """Restored patches; with ``logits=True`` the last layer's raw values (for BCE on logits).
-        Going through ``forward`` keeps DDP's gradient hooks in play for both."""
+        ``level``: the input's noise std in [0, 1] units, per row or one for all; only a ``noise_input``
+        model uses it. Going through ``forward`` keeps DDP's gradient hooks in play for both."""
         if self.config.planes:
             if logits:
                 raise ValueError("an opponent-colour model has no pixel logits; train it with mse")
-            return self._forward_planes(x)
-        return self._restore(x, self.logits(x)) if not logits else self.logits(x)
+            return self._forward_planes(x, level)
+        return self._restore(x, self.logits(x, level)) if not logits else self.logits(x, level)
 
     def _restore(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The network's raw values ``z`` for input ``x`` as restored values."""
@@ -222,14 +243,16 @@ class DenseAutoencoder(nn.Module):
             return torch.sigmoid(z)
         return z
 
-    def _forward_planes(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_planes(self, x: torch.Tensor, level: torch.Tensor | float | None) -> torch.Tensor:
         """RGB patches -> luma/chroma planes -> the shared network on each plane -> RGB patches."""
         n, pp = x.shape[0], self.config.patch_size ** 2
         exact = torch.autocast(x.device.type, enabled=False)  # the colour transform stays float32 under autocast
         with exact:
             planes = torch.einsum("pc,ncx->npx", self.to_planes, x.float().reshape(n, 3, pp)) + self.plane_offset
         flat = planes.reshape(n * 3, pp)
-        out = self._restore(flat, self.logits(flat))
+        if self.config.noise_input and level is not None:  # each plane's own noise std, rows n-major
+            level = (torch.as_tensor(level, device=x.device).float().expand(n).reshape(n, 1) * self.plane_gain).reshape(-1)
+        out = self._restore(flat, self.logits(flat, level))
         with exact:
             out = out.float().reshape(n, 3, pp) - self.plane_offset
             return torch.einsum("cp,npx->ncx", self.from_planes, out).reshape(n, 3 * pp)

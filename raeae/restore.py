@@ -89,6 +89,9 @@ class RestoreConfig:
     ensemble: bool = field(default=False, metadata={
         "help": "restore each image in its 8 flips/rotations and average them (+0.09 dB on BSD68 σ=25 "
                 "for 8x the work)"})
+    noise_level: float = field(default=0.0, metadata={
+        "help": "for models trained with --noise-input: the noise σ (0-255) they are told for every image; "
+                "0 = each image's own estimate. Higher smooths more, lower keeps more detail"})
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={
         "help": "refuse images with more pixels than this, from the header (decompression bombs)"})
     file_mb: float = field(default=128.0, metadata={
@@ -103,6 +106,7 @@ class RestoreConfig:
                   (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
                   (self.tile_batch >= 1, f"tile_batch must be >= 1, got {self.tile_batch}"),
                   (self.stride >= 0, f"stride must be >= 0, got {self.stride}"),
+                  (self.noise_level >= 0, f"noise_level must be >= 0, got {self.noise_level}"),
                   (self.max_pixels >= 1, f"max_pixels must be >= 1, got {self.max_pixels}"),
                   (self.file_mb > 0, f"file_mb must be > 0, got {self.file_mb}"),
                   (0 <= self.png_level <= 9, f"png_level must be in 0..9, got {self.png_level}"),
@@ -209,7 +213,8 @@ def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: 
         fn_constructor_kwargs={"model": cfg.model, "model_id": model_id,
                                "storage": cfg.storage.with_environment(), "stride": cfg.stride,
                                "tile_batch": cfg.tile_batch, "threads": plan.threads, "gpu": cfg.gpu,
-                               "blend": cfg.blend, "ensemble": cfg.ensemble, "precision": cfg.precision},
+                               "blend": cfg.blend, "ensemble": cfg.ensemble, "precision": cfg.precision,
+                               "noise_level": cfg.noise_level or None},
         batch_size=None, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan.actors),
         num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus,

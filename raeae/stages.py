@@ -104,7 +104,7 @@ class ModelStage:
 
     def __init__(self, model: str, model_id: str, storage: StorageConfig, stride: int, tile_batch: int,
                  threads: int, gpu: bool = False, blend: "Blend | None" = None, ensemble: bool = False,
-                 precision: "Precision | None" = None):
+                 precision: "Precision | None" = None, noise_level: float | None = None):
         import torch
 
         from raeae import checkpoint as ckpt
@@ -131,6 +131,7 @@ class ModelStage:
             self.strides[id(m)] = ckpt.recommended_stride(state, stride)
         self.tile_batch, self.ensemble = tile_batch, ensemble
         self.blend, self.precision = blend or Blend.GAUSSIAN, precision or Precision.AUTO
+        self.noise_level = noise_level  # None: each image's own estimate (noise_input models only)
 
     def _restore(self, model, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
         from raeae.inference import restore_arrays
@@ -138,7 +139,7 @@ class ModelStage:
         forward_s = []
         out = restore_arrays(model, images, self.strides[id(model)], self.tile_batch, self.device,
                              blend=self.blend, ensemble=self.ensemble, precision=self.precision,
-                             on_forward=forward_s.append)
+                             on_forward=forward_s.append, noise_level=self.noise_level)
         return out, sum(forward_s)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

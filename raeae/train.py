@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from raeae import checkpoint as ckpt
 from raeae.cluster import connect
-from raeae.corrupt import (IMPULSE_SHARE, NoiseConfig, blind_spot, corrupt, estimate_sigma, impulse_share,
-                           masked_mse, recorrupt)
+from raeae.corrupt import (IMPULSE_SHARE, Noise, NoiseConfig, blind_spot, corrupt, corrupt_with_level,
+                           estimate_sigma, impulse_share, masked_mse, recorrupt)
 from raeae.data import arrays_from_rows, find_idx, load_source, to_channels
 from raeae.images import decode
 from raeae.inference import Precision, default_stride
@@ -182,6 +182,9 @@ class TrainConfig:
                                               and not self.self_supervised),
                    "--sigma-balance weighs a blind range of Gaussian noise: it needs --sigma-max and mse"),
                   (not (self.self_supervised and self.loss is Loss.BCE), "--self-supervised trains with mse"),
+                  (not self.model.noise_input or (self.noise.noise is Noise.GAUSSIAN and not self.self_supervised),
+                   "--noise-input tells the network the σ of Gaussian noise: it needs --noise gaussian and no "
+                   "--self-supervised"),
                   (0 <= self.stride <= self.model.patch_size,
                    f"stride must be in [0, patch size {self.model.patch_size}], got {self.stride}"),
                   (not (self.loss is Loss.BCE and self.model.residual),
@@ -286,12 +289,13 @@ def sigma_weights(noisy: torch.Tensor, clean: torch.Tensor, power: float) -> tor
     return w / w.mean()
 
 
-def _loss(model, noisy: torch.Tensor, clean: torch.Tensor, loss: Loss, weights: torch.Tensor | None = None) -> torch.Tensor:
+def _loss(model, noisy: torch.Tensor, clean: torch.Tensor, loss: Loss, weights: torch.Tensor | None = None,
+          level: torch.Tensor | None = None) -> torch.Tensor:
     module = model.module if hasattr(model, "module") else model
     if loss is Loss.BCE and module.sigmoid_head:
         # On the logits: numerically stable, and the gradient does not vanish at saturated pixels.
-        return F.binary_cross_entropy_with_logits(model(noisy, logits=True), clean)
-    out = model(noisy)
+        return F.binary_cross_entropy_with_logits(model(noisy, logits=True, level=level), clean)
+    out = model(noisy, level=level)
     if loss is Loss.BCE:
         return F.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), clean)
     if weights is not None:
@@ -357,12 +361,14 @@ class EpochTrainer:
         self.batch = max(1, cfg.batch_size // world)
         self.steps = max(1, int(_all_reduce(len(sampler), dist.ReduceOp.MIN)) // self.batch)
 
-    def _batch(self, patches: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self, patches: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Noisy and clean flattened patches, and each patch's Gaussian σ in [0, 1] units (None for
+        other corruptions)."""
         clean = patches.to(self.device, non_blocking=True).float().div_(255.0)
         if self.cfg.augment:
             clean = dihedral(clean, gen)
-        noisy = corrupt(clean, self.cfg.noise, gen)
-        return noisy.flatten(1), clean.flatten(1)
+        noisy, level = corrupt_with_level(clean, self.cfg.noise, gen)
+        return noisy.flatten(1), clean.flatten(1), level
 
     def _step_loss(self, patches: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         with self.cfg.precision.autocast(self.device):
@@ -370,9 +376,9 @@ class EpochTrainer:
 
     def _step_loss_in(self, patches: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if not self.cfg.self_supervised:
-            noisy, clean = self._batch(patches, gen)
+            noisy, clean, level = self._batch(patches, gen)
             weights = sigma_weights(noisy, clean, self.cfg.sigma_balance) if self.cfg.sigma_balance else None
-            return _loss(self.model, noisy, clean, self.cfg.loss, weights)
+            return _loss(self.model, noisy, clean, self.cfg.loss, weights, level)
         noisy = patches.to(self.device, non_blocking=True).float().div_(255.0)  # already noisy
         if self.cfg.augment:
             noisy = dihedral(noisy, gen)
@@ -481,8 +487,9 @@ def validate(model, val: list[torch.Tensor], cfg: TrainConfig, device: torch.dev
     for imgs in groups.values():
         clean = torch.stack(imgs).to(device).float().div_(255.0)
         noisy = corrupt(clean, noise, gen).clamp(0, 1).mul(255).round().div(255)
-        restored = restore_tiles(lambda x: module(x).clamp(0, 1), noisy, cfg.model.patch_size, cfg.val_stride,
-                                 blend=Blend.GAUSSIAN)
+        level = noise.sigma / 255.0  # the true σ: validation ranks epochs, it does not test the estimator
+        restored = restore_tiles(lambda x: module(x, level=level).clamp(0, 1), noisy, cfg.model.patch_size,
+                                 cfg.val_stride, blend=Blend.GAUSSIAN)
         noisy_psnr.append(batch_psnr(clean, noisy))
         model_psnr.append(batch_psnr(clean, restored))
     module.train()
@@ -678,6 +685,12 @@ def init_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
         # `--channels 3 --init builtin:gray` starts colour training from the gray model.
         model_cfg = replace(model_cfg, channels=3, color=cfg.model.color)
     weights = {k: v.float() for k, v in state["model"].items()}  # bundled models are stored in fp16
+    if cfg.model.noise_input and not model_cfg.noise_input:
+        # `--noise-input --init M`: the level's input weights start at zero, so training starts from
+        # exactly what M restores and learns what the level adds.
+        model_cfg = replace(model_cfg, noise_input=True)
+        first = weights["encoder.0.weight"]
+        weights["encoder.0.weight"] = torch.cat([first, first.new_zeros(first.shape[0], 1)], dim=1)
     return replace(cfg, model=model_cfg, stride=min(cfg.stride, model_cfg.patch_size)), weights
 
 
