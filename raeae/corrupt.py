@@ -183,6 +183,35 @@ def estimate_sigma(image: torch.Tensor) -> float:
     return float(hh.abs().median()) / 0.6745 if hh.numel() else 0.0
 
 
+def noise_level(image: torch.Tensor, rounds: int = 3, min_blocks: int = 64) -> float:
+    """The Gaussian noise std of an image ``(C, H, W)`` in [0, 1] as it was before 8-bit clipping, for
+    telling a ``noise_input`` model: :func:`estimate_sigma`'s MAD of the finest diagonal Haar details,
+    taken only over 2×2 blocks that (1) hold no clipped pixel (0 or 1) and have a mean at least 2σ away
+    from black and white, where clipping shrinks the noise, and (2) have horizontal and vertical
+    details under 2σ, which leaves out edges and texture. For white noise the four Haar coefficients of
+    a block are independent, so (2) does not bias the diagonal ones it keeps. Refined ``rounds`` times
+    from the estimate over all unclipped blocks. Measured on BSD68 (68 images, noisy files clipped to 8
+    bits), mean ± sd of the estimate: σ 15 -> 16.3 ± 1.3, 25 -> 26.2 ± 1.2, 50 -> 50.4 ± 1.2, where
+    the plain MAD gives 16.1 ± 1.6, 24.9 ± 1.9, 45.6 ± 3.3."""
+    _, h, w = image.shape
+    x = image[:, : h // 2 * 2, : w // 2 * 2].float()
+    a, b, c, d = x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+    if a.numel() == 0:
+        return 0.0
+    hh, lh, hl, mean = (a - b - c + d) / 2, (a + b - c - d) / 2, (a - b + c - d) / 2, (a + b + c + d) / 4
+    blocks = torch.stack([a, b, c, d])
+    unclipped = ((blocks > 0) & (blocks < 1)).all(0)
+    mad = lambda keep: float(hh[keep].abs().median()) / 0.6745  # noqa: E731
+    sigma = mad(unclipped) if int(unclipped.sum()) >= min_blocks else estimate_sigma(image)
+    for _ in range(rounds):
+        keep = (unclipped & (mean > 2 * sigma) & (mean < 1 - 2 * sigma)
+                & (lh.abs() < 2 * sigma) & (hl.abs() < 2 * sigma))
+        if int(keep.sum()) < min_blocks:
+            break
+        sigma = mad(keep)
+    return sigma
+
+
 IMPULSE_SHARE = 0.02  # above it, noise is impulsive: measured on Train400 (median over 60 images)
 # Gaussian σ 5-50 gives 0.0000-0.0040 and Poisson-like (peak 10-100) 0.0000-0.0002; salt-and-pepper
 # of 1-20 % of pixels gives 0.10-0.42, and clean images 0.07.

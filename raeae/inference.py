@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from raeae.corrupt import estimate_sigma
+from raeae.corrupt import noise_level
 from raeae.images import join_alpha, split_alpha
 from raeae.model import DenseAutoencoder
 from raeae.patches import TileGrid, restore_tiles
@@ -156,7 +156,7 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
 def noise_level_of(batch: torch.Tensor) -> float:
     """The noise std (0-255 scale) of an image batch ``(B, C, H, W)`` in [0, 1], all its planes taken
     together: a scan's channels come from the same sensor, and more details make a steadier median."""
-    return estimate_sigma(batch.reshape(-1, *batch.shape[-2:]).float()) * 255.0
+    return noise_level(batch.reshape(-1, *batch.shape[-2:]).float()) * 255.0
 
 
 def _level(model: DenseAutoencoder, batch: torch.Tensor, noise_level: float | None) -> float | None:
