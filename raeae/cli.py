@@ -7,6 +7,7 @@ line on stderr and exit code 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import sys
 
 from raeae import __version__
@@ -22,7 +23,9 @@ USER_ERRORS = (ValueError, StorageError, CheckpointError, FileNotFoundError, Per
 def train_config_from_args(args: argparse.Namespace):
     """The training config a command line asks for: the preset's recipe (auto: digits for IDX data,
     photo otherwise) with every flag the user gave on top. ``--max-minutes`` without ``--epochs``
-    trains until the budget is spent, whatever the preset's epoch count."""
+    trains until the budget is spent, whatever the preset's epoch count; blind Gaussian training
+    (``--sigma-max``) tells the network the noise level unless ``--no-noise-input`` says not to."""
+    from raeae.corrupt import Noise
     from raeae.storage import StorageConfig
     from raeae.train import Preset, TrainConfig, detect_preset
 
@@ -35,7 +38,13 @@ def train_config_from_args(args: argparse.Namespace):
     base = preset.config()
     if given(args, "max_minutes") and not given(args, "epochs"):
         args.epochs = 0
-    return preset, config_from_args(TrainConfig, args, base=base)
+    cfg = config_from_args(TrainConfig, args, base=base)
+    if not given(args, "noise_input") and cfg.noise.blind and cfg.noise.noise is Noise.GAUSSIAN and not cfg.self_supervised:
+        # Blind Gaussian training tells the network each patch's σ unless asked not to. Measured, 10 min
+        # on Train400, σ 0-55, BSD68 σ 15/25/50 with σ estimated per image: 30.45/28.10/25.17 dB,
+        # against 30.14/27.87/24.86 without (σ-specific models: 30.66/28.20/25.21).
+        cfg = replace(cfg, model=replace(cfg.model, noise_input=True))
+    return preset, cfg
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -796,7 +796,8 @@ def train(cfg: TrainConfig, verbose: bool = False) -> TrainResult:
     budget = f"{cfg.max_minutes:g} min" if cfg.max_minutes else "no time limit"
     m = cfg.model
     planes = " on each of 3 opponent colour planes" if m.planes else ""
-    print(f"raeae train: {source.description}; model {m.net_features}->{list(m.hidden)}->{m.latent}->"
+    told = "+σ" if m.noise_input else ""  # the noise level, one more input
+    print(f"raeae train: {source.description}; model {m.net_features}{told}->{list(m.hidden)}->{m.latent}->"
           f"{list(m.decoder_hidden)}->{m.net_features}{planes} "
           f"({parameter_count(build_model(m)):,} parameters){'; from ' + cfg.init if cfg.init else ''}")
     print(f"raeae train: run {run.name} ({'resumed at epoch ' + str(run.epoch) if run.resumed else 'new'}), "

@@ -92,3 +92,18 @@ def test_train_takes_its_recipe_from_the_preset_and_flags_on_top(argv, preset, b
 
     chosen, cfg = train_config_from_args(build_parser().parse_args(["train", "--output", "m", *argv]))
     assert (chosen.value, cfg.batch_size, cfg.lr, cfg.self_supervised) == (preset, batch, lr, self_supervised)
+
+
+@pytest.mark.parametrize(("argv", "noise_input"), [
+    (["--sigma", "0", "--sigma-max", "55"], True),  # blind Gaussian: told the level by default
+    (["--sigma", "0", "--sigma-max", "55", "--no-noise-input"], False),
+    (["--sigma", "25"], False),  # one σ: nothing to tell
+    (["--sigma", "25", "--noise-input"], True),
+    (["--noise", "salt-pepper"], False),
+    (["--self-supervised", "--sigma", "0", "--sigma-max", "55"], False),
+])
+def test_blind_gaussian_training_learns_the_noise_level_unless_told_not_to(argv, noise_input):
+    from raeae.cli import train_config_from_args
+
+    _, cfg = train_config_from_args(build_parser().parse_args(["train", "--output", "m", "--data", "photos/", *argv]))
+    assert cfg.model.noise_input is noise_input

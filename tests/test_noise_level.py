@@ -13,7 +13,7 @@ from raeae.inference import noise_level_of, restore_array, restore_arrays
 from raeae.model import ModelConfig, build_model
 from raeae.train import EpochTrainer, TrainConfig, init_weights
 
-from conftest import photo
+from conftest import photo, png_bytes
 
 
 def level_model(channels: int = 1, noise_input: bool = True) -> torch.nn.Module:
@@ -127,3 +127,27 @@ def test_fine_tuning_a_model_into_a_level_model_starts_from_exactly_it(tmp_path)
     x = torch.rand(5, 36)
     with torch.no_grad():
         assert torch.allclose(tuned(x, level=torch.rand(5)), plain(x), atol=1e-6)
+
+
+def test_the_restore_actor_passes_the_level_it_was_given(tmp_path):
+    from raeae.stages import ModelStage, decode_batch
+    from raeae.storage import StorageConfig
+    from test_stages import listing, raeae_model_id
+
+    model = level_model()
+    ckpt.save(ckpt.checkpoint_state(model, model.config), str(tmp_path / "m"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    noisy = np.clip(photo()[:40, :40] + np.random.default_rng(0).normal(0, 20, (40, 40)), 0, 255).astype(np.uint8)
+    (folder / "a.png").write_bytes(png_bytes(noisy))
+    decoded = decode_batch(listing(folder), str(folder), StorageConfig(), max_pixels=10**6)
+
+    def restored(level):
+        stage = ModelStage(str(tmp_path / "m"), raeae_model_id(tmp_path / "m"), StorageConfig(), stride=3,
+                           tile_batch=64, threads=1, noise_level=level)
+        row = stage(decoded).to_pylist()[0]
+        return np.frombuffer(row["pixels"], np.uint8).reshape(40, 40)
+
+    assert np.array_equal(restored(None), restore_array(model, noisy, stride=3))  # estimated, as restore_image
+    assert np.array_equal(restored(50.0), restore_array(model, noisy, stride=3, noise_level=50.0))
+    assert not np.array_equal(restored(50.0), restored(None))
