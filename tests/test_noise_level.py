@@ -151,3 +151,17 @@ def test_the_restore_actor_passes_the_level_it_was_given(tmp_path):
     assert np.array_equal(restored(None), restore_array(model, noisy, stride=3))  # estimated, as restore_image
     assert np.array_equal(restored(50.0), restore_array(model, noisy, stride=3, noise_level=50.0))
     assert not np.array_equal(restored(50.0), restored(None))
+
+
+def test_an_opponent_colour_model_tells_each_plane_its_own_level():
+    model = level_model(channels=3)
+    x = torch.rand(2, 3 * 36)
+    seen = []
+    hook = model.encoder[0].register_forward_pre_hook(lambda _, args: seen.append(args[0][:, -1].clone()))
+    with torch.no_grad():
+        model(x, level=torch.tensor([10.0, 40.0]) / 255)
+    hook.remove()
+    # rows are image-major, planes luma, red-blue, green-magenta: white noise σ has std σ·|row| in each
+    gains = torch.tensor([(1 / 3) ** 0.5, 0.5 ** 0.5, (6 / 16) ** 0.5])
+    expected = torch.cat([10 * gains, 40 * gains]) / 25
+    assert torch.allclose(seen[0], expected, atol=1e-5)
