@@ -47,6 +47,11 @@ def _dihedral_views(batch: torch.Tensor):
             yield fwd, inv
 
 
+def _gray(image: np.ndarray) -> bool:
+    """Whether an H×W or H×W×C image is gray (L, or LA: alpha is not restored)."""
+    return image.ndim == 2 or image.shape[2] in (1, 2)
+
+
 def _as_batch(model: DenseAutoencoder, image: np.ndarray, device: torch.device):
     """The channel policy: ``image`` (uint8) as the ``(B, C, H, W)`` batch the model restores, and the
     function that turns the restored batch back into a uint8 image of the input's shape."""
@@ -55,7 +60,7 @@ def _as_batch(model: DenseAutoencoder, image: np.ndarray, device: torch.device):
     if image.ndim not in (2, 3) or image.size == 0:
         raise ValueError(f"expected an H×W or H×W×C image, got shape {image.shape}")
     colour, alpha = split_alpha(image)
-    gray_in = colour.ndim == 2 or colour.shape[2] == 1
+    gray_in = _gray(image)
     x = to_tensor(colour).to(device)  # (C, H, W)
     if model.config.channels == 1:
         batch = x.unsqueeze(1)  # every channel is a grayscale image of its own
@@ -118,7 +123,7 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
         return out
 
     prepared = [_as_batch(model, image, device) for image in images]
-    levels = [_level(model, batch, noise_level) for batch, _ in prepared]
+    levels = [_level(model, image, batch, noise_level) for image, (batch, _) in zip(images, prepared)]
     results: list[np.ndarray | None] = [None] * len(images)
     pack: list[tuple[int, torch.Tensor, TileGrid]] = []
 
@@ -159,11 +164,16 @@ def noise_level_of(batch: torch.Tensor) -> float:
     return noise_level(batch.reshape(-1, *batch.shape[-2:]).float()) * 255.0
 
 
-def _level(model: DenseAutoencoder, batch: torch.Tensor, noise_level: float | None) -> float | None:
-    """What a ``noise_input`` model is told about ``batch``: its noise std in [0, 1] units."""
+def _level(model: DenseAutoencoder, image: np.ndarray, batch: torch.Tensor, noise_level: float | None) -> float | None:
+    """What a ``noise_input`` model is told about ``image`` (as ``batch``): its noise std in [0, 1] units."""
     if not model.config.noise_input:
         return None
-    return (noise_level if noise_level is not None else noise_level_of(batch)) / 255.0
+    sigma = noise_level if noise_level is not None else noise_level_of(batch)
+    if model.config.channels == 3 and _gray(image):
+        # A gray image replicated to RGB has the same noise in all three channels, not independent
+        # noise: its luma plane carries all of σ, where white RGB noise would leave σ/√3 in it.
+        sigma *= 3 ** 0.5
+    return sigma / 255.0
 
 
 def restore_array(model: DenseAutoencoder, image: np.ndarray, stride: int | None = None,
@@ -181,8 +191,7 @@ def pick_model(models: list[DenseAutoencoder], image: np.ndarray) -> DenseAutoen
     images (RGB, RGBA), the gray model for gray ones (L, LA); a single model takes everything."""
     if len(models) == 1:
         return models[0]
-    colour = image.ndim == 3 and image.shape[2] >= 3
-    want = 3 if colour else 1
+    want = 1 if _gray(image) else 3
     return next((m for m in models if m.config.channels == want), models[0])
 
 

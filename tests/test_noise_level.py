@@ -165,3 +165,15 @@ def test_an_opponent_colour_model_tells_each_plane_its_own_level():
     gains = torch.tensor([(1 / 3) ** 0.5, 0.5 ** 0.5, (6 / 16) ** 0.5])
     expected = torch.cat([10 * gains, 40 * gains]) / 25
     assert torch.allclose(seen[0], expected, atol=1e-5)
+
+
+def test_a_gray_image_in_a_colour_model_tells_the_luma_plane_all_of_its_noise():
+    model = level_model(channels=3)
+    noisy = np.clip(photo()[:48, :48] + np.random.default_rng(0).normal(0, 20, (48, 48)), 0, 255).astype(np.uint8)
+    sigma = noise_level_of(torch.from_numpy(noisy.copy()).float().div(255)[None, None])
+    seen = []
+    hook = model.encoder[0].register_forward_pre_hook(lambda _, args: seen.append(args[0][:, -1].clone()))
+    restore_array(model, noisy, stride=3)
+    hook.remove()
+    # the gray noise is the same in R, G and B: all of it is in luma (rows 0, 3, 6, ...), none in chroma
+    assert float(seen[0][0]) == pytest.approx(sigma / 25, rel=1e-4)
