@@ -87,7 +87,9 @@ class ModelConfig:
                 "network (measured far better on 2 CPUs), 'joint' feeds the whole p×p×3 patch to one network"})
     noise_input: bool = field(default=False, metadata={
         "help": "the network is also told the noise level σ of what it restores (one more input, as FFDNet's "
-                "noise map): training gives it the σ it drew, restore estimates it per image"})
+                "noise map): training gives it the σ it drew, restore estimates it per image. `raeae train` "
+                "turns it on for blind Gaussian training (--sigma-max) unless --no-noise-input: BSD68 "
+                "σ 15/25/50 +0.31/+0.23/+0.31 dB after 10 min"})
 
     def __post_init__(self) -> None:
         if self.patch_size < 1:
