@@ -25,7 +25,6 @@ def train_config_from_args(args: argparse.Namespace):
     photo otherwise) with every flag the user gave on top. ``--max-minutes`` without ``--epochs``
     trains until the budget is spent, whatever the preset's epoch count; blind Gaussian training
     (``--sigma-max``) tells the network the noise level unless ``--no-noise-input`` says not to."""
-    from raeae.corrupt import Noise
     from raeae.storage import StorageConfig
     from raeae.train import Preset, TrainConfig, detect_preset
 
@@ -39,7 +38,7 @@ def train_config_from_args(args: argparse.Namespace):
     if given(args, "max_minutes") and not given(args, "epochs"):
         args.epochs = 0
     cfg = config_from_args(TrainConfig, args, base=base)
-    if not given(args, "noise_input") and cfg.noise.blind and cfg.noise.noise is Noise.GAUSSIAN and not cfg.self_supervised:
+    if not given(args, "noise_input") and cfg.noise.blind and cfg.knows_noise_level:
         # Blind Gaussian training tells the network each patch's σ unless asked not to. Measured, 10 min
         # on Train400, σ 0-55, BSD68 σ 15/25/50 with σ estimated per image: 30.45/28.10/25.17 dB,
         # against 30.14/27.87/24.86 without (σ-specific models: 30.66/28.20/25.21).

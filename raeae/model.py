@@ -225,7 +225,7 @@ class DenseAutoencoder(nn.Module):
         if level is None:
             raise ValueError("this model takes the noise level of its input (noise_input): pass level=")
         level = torch.as_tensor(level, dtype=x.dtype, device=x.device)
-        return (level / LEVEL_UNIT).expand(x.shape[0]).reshape(-1, 1).to(x.dtype)
+        return (level / LEVEL_UNIT).expand(x.shape[0]).reshape(-1, 1)
 
     def forward(self, x: torch.Tensor, logits: bool = False, level: torch.Tensor | float | None = None) -> torch.Tensor:
         """Restored patches; with ``logits=True`` the last layer's raw values (for BCE on logits).

@@ -182,7 +182,7 @@ class TrainConfig:
                                               and not self.self_supervised),
                    "--sigma-balance weighs a blind range of Gaussian noise: it needs --sigma-max and mse"),
                   (not (self.self_supervised and self.loss is Loss.BCE), "--self-supervised trains with mse"),
-                  (not self.model.noise_input or (self.noise.noise is Noise.GAUSSIAN and not self.self_supervised),
+                  (not self.model.noise_input or self.knows_noise_level,
                    "--noise-input tells the network the σ of Gaussian noise: it needs --noise gaussian and no "
                    "--self-supervised"),
                   (0 <= self.stride <= self.model.patch_size,
@@ -192,6 +192,12 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+
+    @property
+    def knows_noise_level(self) -> bool:
+        """Whether training knows each patch's σ, which a ``noise_input`` model is told: supervised
+        training on Gaussian noise it adds itself."""
+        return self.noise.noise is Noise.GAUSSIAN and not self.self_supervised
 
     @property
     def val_stride(self) -> int:
