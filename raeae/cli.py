@@ -13,7 +13,7 @@ import sys
 from raeae import __version__
 from raeae.checkpoint import CheckpointError
 from raeae.cliutil import add_config_flags, config_from_args, given
-from raeae.cluster import RayConnectionError
+from raeae.cluster import RayConnectionError, disconnect
 from raeae.storage import StorageError
 
 # Errors that are the user's to fix; anything else is a bug and keeps its traceback.
@@ -207,5 +207,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def console() -> int:
+    """The ``raeae`` console script: :func:`main`, then leave Ray at once (see
+    :func:`raeae.cluster.disconnect`). In-process callers of :func:`main` (tests sharing one Ray) keep
+    their Ray."""
+    try:
+        return main()
+    finally:
+        disconnect()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

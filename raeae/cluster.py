@@ -151,3 +151,12 @@ def connect(verbose: bool = False, **init_kwargs) -> None:
     ray.init(address=address, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.ERROR, **init_kwargs)
     quiet_ray_output(verbose)  # ray.init configures Ray's loggers again
+
+
+def disconnect() -> None:
+    """Leave Ray at the end of a command (stopping the local Ray it started), if this process used Ray.
+    Ray would do the same at interpreter exit, but only after a fixed half-second pause for late log
+    lines, which a command that has already printed its summary does not need."""
+    ray = sys.modules.get("ray")  # a command that never touched Ray does not pay its import here
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

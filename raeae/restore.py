@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 from raeae import checkpoint as ckpt
 from raeae.cluster import connect, show_progress
 from raeae.images import DEFAULT_MAX_PIXELS
-from raeae.settings import Blend, Precision
-from raeae.stages import ModelStage, decode_batch, encode_batch
+from raeae.settings import Blend, Layout, Precision
+from raeae.stages import FusedStage, ModelStage, decode_batch, encode_batch
 from raeae.storage import StorageConfig, StorageError, explain, list_images, resolve, write_bytes
 
 # The Parquet contract: one row per input file.
@@ -69,6 +69,11 @@ class RestoreConfig:
     actors: int = field(default=0, metadata={"help": "model actors (0 = one single-threaded actor per CPU, "
                                                      "or one per GPU with --gpu)"})
     gpu: bool = field(default=False, metadata={"help": "one GPU per model actor (bfloat16 autocast there)"})
+    layout: Layout = field(default=Layout.AUTO, metadata={
+        "help": "where the stages run: fused = decode, model and encode in each model actor (one "
+                "single-threaded actor per CPU); staged = decode and encode in CPU tasks beside the "
+                "model actors; auto = fused on CPUs (measured faster there: the stages compete for the "
+                "same cores), staged with --gpu (the GPU never waits for the CPU work)"})
     cpus_per_actor: float = field(default=0.0, metadata={
         "help": "CPUs reserved per model actor (0 = half of its share of the CPUs, so the decode/encode "
                 "tasks always fit beside the actors)"})
@@ -125,6 +130,7 @@ class Plan:
     actor_gpus: float
     threads: int  # torch threads per model actor
     task_cpus: float  # CPUs reserved per decode / encode / write task
+    fused: bool  # decode and encode run inside the model actors' calls (Layout.FUSED)
 
 
 def _alive_node_resources() -> list[dict]:
@@ -133,30 +139,32 @@ def _alive_node_resources() -> list[dict]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
-# Median input file size from which a collection counts as large images (thousands of tiles each).
-LARGE_FILE_BYTES = 256 * 2**10
-
-
-def plan_stages(cfg: RestoreConfig, nodes: list[dict], batches: int, large_images: bool = False) -> Plan:
+def plan_stages(cfg: RestoreConfig, nodes: list[dict], batches: int) -> Plan:
     """The stage layout from the config and the cluster (``nodes``: each alive node's resources).
 
-    On CPUs the model stage gets, by default, one single-threaded actor per CPU for small images and
-    one actor per node using all its cores for large ones. Measured on 2 CPUs (bench/restore.py):
-    20,000 small images, two 1-thread actors 46 s against one 2-thread actor 53 s (a multi-threaded
-    matrix multiply stalls whenever one of the many decode/encode tasks takes one of its cores); 24
-    images of 512-1024 px, one 2-thread actor 14.8 s of pipeline against 18.1 s (few tasks to
-    disturb it, and two actors split few units unevenly). Each actor reserves half its share of the
-    CPUs so the CPU tasks always fit beside them (a reservation of every CPU stalls them, and then
-    every restored block waits in the object store). With --gpu: one actor per GPU, with one CPU.
-    Never more actors than batches: an idle actor only costs its start-up."""
+    On CPUs, by default, the stages are fused: one single-threaded actor per CPU decodes, restores and
+    encodes each unit of files itself. Measured on 2 CPUs (bench/restore.py, the same files, staged
+    with one 1-thread actor per CPU -> fused): 20,000 small images 49.3 -> 42.5 s, the 3,000-file mix
+    24.7 -> 24.6 s, 96 images of 512-1024 px 58.8 -> 49.9 s. Staged, a decode or encode task that
+    takes a core stalls the matrix multiply running there; fused, every core does a whole unit's work
+    in turn. And one thread per actor beats one actor with all the cores: a 2-thread forward pass is
+    1.86x one thread, but tiling, stitching, decoding and encoding run on one thread, so two
+    1-thread processes restored 32 large images in 15.8 s against 16.3 s for one 2-thread process,
+    and 12.1 s when the two get equal work.
+
+    With --gpu the stages are separate (``Layout.STAGED``), so the GPU never waits for decoding or
+    encoding: one actor per GPU, with one CPU, and CPU tasks for the rest. Each actor reserves half
+    its share of the CPUs so the CPU tasks (the Parquet writes, and decode/encode when staged) always
+    fit beside them (a reservation of every CPU stalls them, and then every restored block waits in
+    the object store). Never more actors than batches: an idle actor only costs its start-up."""
     cpus = sum(n.get("CPU", 0.0) for n in nodes) or 1.0
     gpus = sum(n.get("GPU", 0.0) for n in nodes)
     if cfg.gpu and gpus < 1:
         raise ValueError("--gpu was given but the Ray cluster has no GPUs")
+    fused = cfg.layout is Layout.FUSED or (cfg.layout is Layout.AUTO and not cfg.gpu)
     node_cpus = [n.get("CPU", 0.0) for n in nodes if n.get("CPU", 0.0) > 0] or [cpus]
     smallest = min(node_cpus)
-    per_cpu = len(node_cpus) if large_images else int(cpus)
-    actors = max(1, min(batches, cfg.actors or (int(gpus) if cfg.gpu else per_cpu)))
+    actors = max(1, min(batches, cfg.actors or (int(gpus) if cfg.gpu else int(cpus))))
     if cfg.cpus_per_actor:
         actor_cpus = cfg.cpus_per_actor
     elif cfg.gpu:
@@ -167,7 +175,7 @@ def plan_stages(cfg: RestoreConfig, nodes: list[dict], batches: int, large_image
     threads = max(1, min(int(smallest), round(cpus / actors))) if not cfg.gpu else 1
     per_node = max(1, math.ceil(actors / len(node_cpus)))
     task_cpus = max(0.05, round(min(1.0, (smallest - per_node * actor_cpus) / 4), 2))
-    return Plan(actors, actor_cpus, 1.0 if cfg.gpu else 0.0, threads, task_cpus)
+    return Plan(actors, actor_cpus, 1.0 if cfg.gpu else 0.0, threads, task_cpus, fused)
 
 
 # A unit of work (one decode task, one model call, one encode task) holds at most --batch-size files
@@ -199,29 +207,31 @@ def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: 
 
     nodes = _alive_node_resources()
     units = work_units(files, cfg.batch_size)
-    sizes = sorted(f["size"] for f in files)
-    plan = plan_stages(cfg, nodes, len(units), large_images=sizes[len(sizes) // 2] >= LARGE_FILE_BYTES)
+    plan = plan_stages(cfg, nodes, len(units))
     ds = ray.data.from_arrow([pa.Table.from_pylist(
         [{"path": f["path"], "size": int(f["size"]),
           "mtime": float(f["mtime"]) if f["mtime"] is not None else float("nan")} for f in unit],
         schema=LISTING) for unit in units])
-    ds = ds.map_batches(decode_batch, fn_kwargs={"input_uri": cfg.input, "storage": cfg.storage.with_environment(),
-                                                 "max_pixels": cfg.max_pixels},
-                        batch_size=None, batch_format="pyarrow", num_cpus=plan.task_cpus)
-    ds = ds.map_batches(
-        ModelStage,
-        fn_constructor_kwargs={"model": cfg.model, "model_id": model_id,
-                               "storage": cfg.storage.with_environment(), "stride": cfg.stride,
-                               "tile_batch": cfg.tile_batch, "threads": plan.threads, "gpu": cfg.gpu,
-                               "blend": cfg.blend, "ensemble": cfg.ensemble, "precision": cfg.precision,
-                               "noise_level": cfg.noise_level or None},
-        batch_size=None, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=plan.actors),
-        num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus,
-    )
-    # encode and write have the same resources, so Ray Data fuses them into one task per block
-    ds = ds.map_batches(encode_batch, fn_kwargs={"png_level": cfg.png_level, "schema": SCHEMA},
-                        batch_size=None, batch_format="pyarrow", num_cpus=plan.task_cpus)
+    decode_kwargs = {"input_uri": cfg.input, "storage": cfg.storage.with_environment(), "max_pixels": cfg.max_pixels}
+    model_kwargs = {"model": cfg.model, "model_id": model_id, "storage": cfg.storage.with_environment(),
+                    "stride": cfg.stride, "tile_batch": cfg.tile_batch, "threads": plan.threads, "gpu": cfg.gpu,
+                    "blend": cfg.blend, "ensemble": cfg.ensemble, "precision": cfg.precision,
+                    "noise_level": cfg.noise_level or None}
+    encode_kwargs = {"png_level": cfg.png_level, "schema": SCHEMA}
+    actor_pool = {"batch_size": None, "batch_format": "pyarrow",
+                  "compute": ray.data.ActorPoolStrategy(size=plan.actors),
+                  "num_cpus": plan.actor_cpus, "num_gpus": plan.actor_gpus}
+    if plan.fused:
+        ds = ds.map_batches(FusedStage, fn_constructor_kwargs={"decode_kwargs": decode_kwargs,
+                                                               "encode_kwargs": encode_kwargs, **model_kwargs},
+                            **actor_pool)
+    else:
+        ds = ds.map_batches(decode_batch, fn_kwargs=decode_kwargs, batch_size=None, batch_format="pyarrow",
+                            num_cpus=plan.task_cpus)
+        ds = ds.map_batches(ModelStage, fn_constructor_kwargs=model_kwargs, **actor_pool)
+        # encode and write have the same resources, so Ray Data fuses them into one task per block
+        ds = ds.map_batches(encode_batch, fn_kwargs=encode_kwargs, batch_size=None, batch_format="pyarrow",
+                            num_cpus=plan.task_cpus)
     file_bytes = _file_bytes(cfg, nodes)
     # Without a limit Ray Data lets the fast stage (decode) run ahead of the slow one (the model) until
     # half the object store is full, so memory grows with the collection up to gigabytes. Four Parquet

@@ -1,5 +1,5 @@
-"""Restore-time settings that configs name: tile blending, the forward passes' number format and the
-default tile stride. They live apart from the torch code that applies them so that a driver (the CLI,
+"""Restore-time settings that configs name: tile blending, the forward passes' number format, the
+default tile stride and how the restore pipeline's stages are laid out. They live apart from the torch code that applies them so that a driver (the CLI,
 ``raeae restore``, ``raeae nightly``) builds its configs without importing torch: the import costs
 ~1.5 s on the way to the first row, and only the model actors need torch.
 """
@@ -70,3 +70,15 @@ class Precision(enum.Enum):
         if bf16 and torch.amp.is_autocast_available(device.type):
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+class Layout(enum.Enum):
+    """Where the restore pipeline's three stages (decode, model, encode) run."""
+
+    # fused on CPU-only clusters, staged with --gpu (measured: see raeae.restore.plan_stages)
+    AUTO = "auto"
+    # decode and encode in CPU tasks, the model in actors: a GPU never waits for the CPU work
+    STAGED = "staged"
+    # all three in each model actor's call, one single-threaded actor per CPU: no stage takes a core
+    # from another's matrix multiply
+    FUSED = "fused"

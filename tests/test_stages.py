@@ -15,6 +15,7 @@ from raeae.images import decode
 from raeae.inference import restore_array, restore_arrays
 from raeae.model import ColorMode, ModelConfig, build_model
 from raeae.restore import SCHEMA
+from raeae.settings import Layout
 from raeae.stages import DECODED, ModelStage, decode_batch, encode_batch
 from raeae.storage import StorageConfig
 
@@ -128,6 +129,28 @@ def test_model_stage_turns_a_failing_image_into_its_own_error_row(folder, traine
     assert sum(r["error"] is None for r in out) == 1  # the remaining good image still restored
 
 
+def test_fused_stage_gives_the_staged_rows_and_a_missing_file_keeps_its_place(folder, trained_checkpoint):
+    from raeae.stages import FusedStage
+
+    table = listing(folder)
+    rows = table.to_pylist()
+    rows.insert(2, {"path": str(folder / "gone.png"), "size": 10, "mtime": 0.0})  # listed, then deleted
+    table = pa.Table.from_pylist(rows, schema=table.schema)
+    decode_kwargs = {"input_uri": str(folder), "storage": StorageConfig(), "max_pixels": 10**6}
+    model_kwargs = {"model": str(trained_checkpoint), "model_id": raeae_model_id(trained_checkpoint),
+                    "storage": StorageConfig(), "stride": 0, "tile_batch": 64, "threads": 1}
+    fused = FusedStage(decode_kwargs, {"png_level": 1, "schema": SCHEMA}, **model_kwargs)(table)
+    staged = encode_batch(ModelStage(**model_kwargs)(decode_batch(table, **decode_kwargs)), png_level=1,
+                          schema=SCHEMA)
+    assert fused.schema == SCHEMA
+    same = ["path", "image", "width", "height", "channels", "source_mode", "status", "error", "model_id"]
+    assert fused.select(same).to_pylist() == staged.select(same).to_pylist()
+    out = fused.to_pylist()
+    assert [r["path"] for r in out] == [r["path"] for r in rows]  # read concurrently, kept in order
+    assert out[2]["status"] == "error" and "gone.png" in out[2]["error"]
+    assert sum(r["status"] == "ok" for r in out) == 3
+
+
 def raeae_model_id(path) -> str:
     from raeae import checkpoint as ckpt
 
@@ -146,23 +169,25 @@ def test_work_units_cut_the_largest_first_by_count_and_bytes():
     assert [len(u) for u in units] == [1, 3, 3, 3]  # 3000 alone (over the bytes), then by count
 
 
-@pytest.mark.parametrize("nodes,kw,large,expect", [
-    # 2 CPUs, small images: one 1-thread actor per CPU, half a CPU each, tasks in the rest
-    ([{"CPU": 2.0}], {}, False, (2, 0.5, 0.0, 1, 0.25)),
-    # large images: one actor per node on all its cores
-    ([{"CPU": 2.0}], {}, True, (1, 1.0, 0.0, 2, 0.25)),
+@pytest.mark.parametrize("nodes,kw,expect", [
+    # 2 CPUs: one fused 1-thread actor per CPU, half a CPU each, the write tasks in the rest
+    ([{"CPU": 2.0}], {}, (2, 0.5, 0.0, 1, 0.25, True)),
+    # the staged layout asked for on CPUs: the same actors, decode/encode tasks beside them
+    ([{"CPU": 2.0}], {"layout": Layout.STAGED}, (2, 0.5, 0.0, 1, 0.25, False)),
     # two 8-CPU nodes: 16 actors, at most 8 a node
-    ([{"CPU": 8.0}, {"CPU": 8.0}], {}, False, (16, 0.5, 0.0, 1, 1.0)),
-    # a GPU node: one actor per GPU
-    ([{"CPU": 16.0, "GPU": 2.0}], {"gpu": True}, False, (2, 1.0, 1.0, 1, 1.0)),
-    # explicit --actors
-    ([{"CPU": 4.0}], {"actors": 1}, False, (1, 2.0, 0.0, 4, 0.5)),
+    ([{"CPU": 8.0}, {"CPU": 8.0}], {}, (16, 0.5, 0.0, 1, 1.0, True)),
+    # a GPU node: one actor per GPU, staged so the GPU never waits for decoding
+    ([{"CPU": 16.0, "GPU": 2.0}], {"gpu": True}, (2, 1.0, 1.0, 1, 1.0, False)),
+    # ... unless fused is asked for
+    ([{"CPU": 16.0, "GPU": 2.0}], {"gpu": True, "layout": Layout.FUSED}, (2, 1.0, 1.0, 1, 1.0, True)),
+    # explicit --actors: one actor with all the cores
+    ([{"CPU": 4.0}], {"actors": 1}, (1, 2.0, 0.0, 4, 0.5, True)),
 ])
-def test_stage_plan_follows_the_cluster(nodes, kw, large, expect):
+def test_stage_plan_follows_the_cluster(nodes, kw, expect):
     from raeae.restore import Plan, RestoreConfig, plan_stages
 
-    plan = plan_stages(RestoreConfig(**kw), nodes, batches=100, large_images=large)
-    assert (plan.actors, plan.actor_cpus, plan.actor_gpus, plan.threads, plan.task_cpus) == expect
+    plan = plan_stages(RestoreConfig(**kw), nodes, batches=100)
+    assert (plan.actors, plan.actor_cpus, plan.actor_gpus, plan.threads, plan.task_cpus, plan.fused) == expect
     assert isinstance(plan, Plan)
 
 
