@@ -9,7 +9,8 @@ Cases (noisy σ=25 crops of the embedded sample photographs, gray and colour):
 * ``large``: 96 images of 512×512 to 1024×1024;
 * ``startup``: 1, 100 and 10,000 images of 64×64 (fixed costs: start-to-first-row and end to end).
 
-For `raeae restore` it also reports each stage's share of the busy time (decode / model actor / encode,
+Setups (``--setups``): ``raeae`` is `raeae restore` as shipped; ``staged`` and ``fused`` force that
+``--layout``. For each it also reports each stage's share of the busy time (decode / model actor / encode,
 from the per-row timings in the Parquet) and the model's forward passes' share of the actor's time: the
 part a GPU would speed up.
 
@@ -96,6 +97,11 @@ def plain_loop(model: str, folder: str, out: str) -> None:
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), f"{out}/part-0.parquet")
 
 
+# The setups: the plain loop, `raeae restore` as shipped, and the same with each --layout forced
+# (on CPUs the default is fused; "staged" measures what fusing saves).
+SETUPS = ("plain", "raeae", "staged", "fused")
+
+
 def run_one(setup: str, model: str, folder: str, out: str) -> dict:
     """One measured run in a fresh process: wall time from launch to exit, and to the first row."""
     shutil.rmtree(out, ignore_errors=True)
@@ -104,19 +110,21 @@ def run_one(setup: str, model: str, folder: str, out: str) -> dict:
     else:
         raeae = os.path.join(os.path.dirname(sys.executable), "raeae")
         cmd = [raeae, "restore", "--model", model, "--input", folder, "--output", out]
+        if setup != "raeae":
+            cmd += ["--layout", setup]
     start = time.time()
     with PeakMemory(every_s=1.0) as mem:  # PSS of every process on the machine (Ray's workers too)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.time() - start
     t = pq.read_table(out, columns=[c for c in ("restored_at", "width", "height", "decode_s", "restore_s",
                                                 "forward_s", "encode_s", "status")
-                                    if setup == "raeae" or c in ("restored_at", "width", "height", "status")])
+                                    if setup != "plain" or c in ("restored_at", "width", "height", "status")])
     first = min(t["restored_at"].to_pylist()).timestamp() - start
     ok = [s == "ok" for s in t["status"].to_pylist()]
     pixels = sum(w * h for w, h, k in zip(t["width"].to_pylist(), t["height"].to_pylist(), ok) if k)
     r = {"wall_s": wall, "first_row_s": first, "rows": len(t), "megapixels": pixels / 1e6,
          "peak_pss_gib": mem.peak_pss / 2**30}
-    if setup == "raeae":
+    if setup != "plain":
         for c in ("decode_s", "restore_s", "forward_s", "encode_s"):
             r[c] = float(np.nansum(t[c].to_numpy(zero_copy_only=False)))
     return r
@@ -132,7 +140,9 @@ def main(argv=None) -> int:
                                                                         "startup")
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs per setup; medians reported")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every case's image counts (smoke runs)")
-    p.add_argument("--model", default="builtin:auto", help="the model both setups restore with")
+    p.add_argument("--model", default="builtin:auto", help="the model every setup restores with")
+    p.add_argument("--setups", default="plain,raeae", help="comma separated, of: " + ", ".join(SETUPS) +
+                   " (raeae = `raeae restore` as shipped; staged / fused = with that --layout)")
     p.add_argument("--workdir", default="", help="scratch folder, kept between runs (default: a temporary one)")
     p.add_argument("--json", default="runs/bench-restore.json")
     p.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
@@ -145,6 +155,9 @@ def main(argv=None) -> int:
 
     work = a.workdir or tempfile.mkdtemp(prefix="raeae-bench-")
     cases = [c.strip() for c in a.cases.split(",") if c.strip()]
+    setups = [x.strip() for x in a.setups.split(",") if x.strip()]
+    if setups[0] != "plain" or not set(setups) <= set(SETUPS) or len(setups) < 2:
+        p.error(f"--setups must start with plain and name at least one other of {', '.join(SETUPS)}")
     jobs = []  # (label, folder, setups)
     for case in cases:
         if case == "startup":
@@ -157,29 +170,32 @@ def main(argv=None) -> int:
     for label, folder, parts in jobs:
         if not os.path.isdir(folder):
             make_collection(folder, parts)
-        runs = {"plain": [], "raeae": []}
-        for rep in range(a.repeats):  # interleaved, so slow drifts of the machine hit both setups alike
-            for setup in ("plain", "raeae"):
+        runs = {setup: [] for setup in setups}
+        for rep in range(a.repeats):  # interleaved, so slow drifts of the machine hit every setup alike
+            for setup in setups:
                 r = run_one(setup, a.model, folder, f"{work}/out-{setup}")
                 runs[setup].append(r)
                 print(f"{label} #{rep + 1} {setup}: {r['wall_s']:.1f} s (first row {r['first_row_s']:.1f} s)",
                       flush=True)
         results.append({"case": label, "images": runs["plain"][0]["rows"],
-                        "plain": median_run(runs["plain"]), "raeae": median_run(runs["raeae"]), "runs": runs})
+                        **{setup: median_run(r) for setup, r in runs.items()}, "runs": runs})
     print()
     rows = []
     for res in results:
-        pl, ra = res["plain"], res["raeae"]
-        busy = ra["decode_s"] + ra["restore_s"] + ra["encode_s"]
-        rows.append([res["case"], str(res["images"]), f"{pl['wall_s']:.1f}", f"{ra['wall_s']:.1f}",
-                     f"{pl['wall_s'] / ra['wall_s']:.2f}", f"{pl['megapixels'] / pl['wall_s']:.2f}",
-                     f"{ra['megapixels'] / ra['wall_s']:.2f}", f"{pl['first_row_s']:.1f}", f"{ra['first_row_s']:.1f}",
-                     f"{ra['decode_s'] / busy:.0%} / {ra['restore_s'] / busy:.0%} / {ra['encode_s'] / busy:.0%}",
-                     f"{ra['forward_s'] / max(ra['restore_s'], 1e-9):.0%}",
-                     f"{pl['peak_pss_gib']:.2f} / {ra['peak_pss_gib']:.2f}"])
-    print_table(["case", "images", "plain loop s", "raeae restore s", "speed-up (plain / raeae)", "plain MP/s",
-                 "raeae MP/s", "plain first row s", "raeae first row s", "busy: decode / model actor / encode",
-                 "forward share of actor", "peak PSS GiB plain / raeae"], rows, right=set(range(1, 12)))
+        pl = res["plain"]
+        for setup in setups[1:]:
+            ra = res[setup]
+            busy = ra["decode_s"] + ra["restore_s"] + ra["encode_s"]
+            rows.append([res["case"], str(res["images"]), setup, f"{pl['wall_s']:.1f}", f"{ra['wall_s']:.1f}",
+                         f"{pl['wall_s'] / ra['wall_s']:.2f}", f"{pl['megapixels'] / pl['wall_s']:.2f}",
+                         f"{ra['megapixels'] / ra['wall_s']:.2f}", f"{pl['first_row_s']:.1f}",
+                         f"{ra['first_row_s']:.1f}",
+                         f"{ra['decode_s'] / busy:.0%} / {ra['restore_s'] / busy:.0%} / {ra['encode_s'] / busy:.0%}",
+                         f"{ra['forward_s'] / max(ra['restore_s'], 1e-9):.0%}",
+                         f"{pl['peak_pss_gib']:.2f} / {ra['peak_pss_gib']:.2f}"])
+    print_table(["case", "images", "setup", "plain loop s", "setup s", "speed-up (plain / setup)", "plain MP/s",
+                 "setup MP/s", "plain first row s", "setup first row s", "busy: decode / model actor / encode",
+                 "forward share of actor", "peak PSS GiB plain / setup"], rows, right=set(range(3, 13)))
     print(f"\nmedians of {a.repeats} interleaved runs per setup, each a fresh process; model {a.model}")
     write_json(a.json, results)
     return 0

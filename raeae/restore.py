@@ -1,6 +1,7 @@
 """Restoring whole collections with Ray Data, in stages (see :mod:`raeae.stages`):
-list -> read + decode (CPU tasks) -> model (actor pool, tiles of many images per forward pass)
--> PNG encode (CPU tasks) -> Parquet.
+list -> read + decode -> model (actor pool, tiles of many images per forward pass) -> PNG encode
+-> Parquet. With GPUs decode and encode are CPU tasks of their own; on CPU-only clusters all three run
+in each model actor's call (:func:`plan_stages` says why).
 
 The work list is the file listing, sorted largest first (longest-processing-time-first scheduling)
 and cut into small blocks, so a few huge images cannot pile up at the end. Each file becomes exactly

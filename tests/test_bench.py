@@ -30,7 +30,7 @@ def run_bench(ray_session, script: str, *args: str) -> str:
 def test_bench_restore(ray_session, tmp_path):
     out = run_bench(ray_session, "restore.py", "--cases", "mixed,startup", "--scale", "0.005", "--repeats", "1",
                     "--model", "builtin:gray", "--workdir", str(tmp_path), "--json", str(tmp_path / "r.json"))
-    assert "| case | images | plain loop s | raeae restore s |" in out
+    assert "| case | images | setup | plain loop s | setup s |" in out
     rows = json.loads((tmp_path / "r.json").read_text())
     assert [(r["case"], r["images"]) for r in rows] == [("mixed", 15), ("startup 1", 1), ("startup 50", 50)]
     for r in rows:

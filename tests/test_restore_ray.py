@@ -13,6 +13,7 @@ from raeae.images import decode
 from raeae.metrics import psnr
 from raeae.nightly import read_restored
 from raeae.restore import RestoreConfig, restore
+from raeae.settings import Layout
 from tests.conftest import clean_for
 
 pytestmark = pytest.mark.slow
@@ -82,8 +83,9 @@ def test_restore_with_s3_input_and_output(ray_session, s3_env, tmp_path, noisy_f
     s3_env.bucket("results")
     s3_env.upload_dir(noisy_folder, src + "/photos")
     s3_env.upload_dir(trained_checkpoint, "s3://results/model")
+    # the staged layout (the default with GPUs; CPU-only runs are fused): decode tasks read from S3
     summary = restore(RestoreConfig(model="s3://results/model", input=src + "/photos",
-                                    output="s3://results/run1"))
+                                    output="s3://results/run1", layout=Layout.STAGED))
     assert summary["errors"] == 2 and summary["rows"] == summary["files"]
     table = read_restored("s3://results/run1")
     check_rows(table, noisy_folder, clean_photos, prefix="s3://archive/photos/")
