@@ -144,14 +144,14 @@ def plan_stages(cfg: RestoreConfig, nodes: list[dict], batches: int) -> Plan:
     """The stage layout from the config and the cluster (``nodes``: each alive node's resources).
 
     On CPUs, by default, the stages are fused: one single-threaded actor per CPU decodes, restores and
-    encodes each unit of files itself. Measured on 2 CPUs (bench/restore.py, the same files, staged
-    with one 1-thread actor per CPU -> fused): 20,000 small images 49.3 -> 42.5 s, the 3,000-file mix
-    24.7 -> 24.6 s, 96 images of 512-1024 px 58.8 -> 49.9 s. Staged, a decode or encode task that
-    takes a core stalls the matrix multiply running there; fused, every core does a whole unit's work
-    in turn. And one thread per actor beats one actor with all the cores: a 2-thread forward pass is
-    1.86x one thread, but tiling, stitching, decoding and encoding run on one thread, so two
-    1-thread processes restored 32 large images in 15.8 s against 16.3 s for one 2-thread process,
-    and 12.1 s when the two get equal work.
+    encodes each unit of files itself. Measured on 2 CPUs (bench/restore.py --setups
+    plain,raeae,staged, 2 interleaved repeats, medians; staged with one 1-thread actor per CPU ->
+    fused): 20,000 small images 51.7 -> 45.5 s, the 3,000-file mix 25.4 -> 23.3 s, 96 images of
+    512-1024 px 60.5 -> 54.7 s. Staged, a decode or encode task that takes a core stalls the matrix
+    multiply running there; fused, every core does a whole unit's work in turn. One thread per actor,
+    not one actor with all the cores: a 2-thread forward pass is only 1.86x one thread, and tiling,
+    stitching, decoding and encoding run on one thread (32 large images: two 1-thread processes
+    15.8 s, one 2-thread process 16.3 s).
 
     With --gpu the stages are separate (``Layout.STAGED``), so the GPU never waits for decoding or
     encoding: one actor per GPU, with one CPU, and CPU tasks for the rest. Each actor reserves half
