@@ -76,8 +76,8 @@ class RestoreConfig:
                 "model actors; auto = fused on CPUs (measured faster there: the stages compete for the "
                 "same cores), staged with --gpu (the GPU never waits for the CPU work)"})
     cpus_per_actor: float = field(default=0.0, metadata={
-        "help": "CPUs reserved per model actor (0 = half of its share of the CPUs, so the decode/encode "
-                "tasks always fit beside the actors)"})
+        "help": "CPUs reserved per model actor (0 = half of its share of the CPUs, so the CPU tasks - the "
+                "Parquet writes, and decode/encode when staged - always fit beside the actors)"})
     batch_size: int = field(default=256, metadata={
         "help": "at most this many images per unit of work (a decode task, a model call, an encode task; "
                 "also at most ~4 MB of files); a model call packs their tiles into shared forward passes "
@@ -213,8 +213,9 @@ def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: 
         [{"path": f["path"], "size": int(f["size"]),
           "mtime": float(f["mtime"]) if f["mtime"] is not None else float("nan")} for f in unit],
         schema=LISTING) for unit in units])
-    decode_kwargs = {"input_uri": cfg.input, "storage": cfg.storage.with_environment(), "max_pixels": cfg.max_pixels}
-    model_kwargs = {"model": cfg.model, "model_id": model_id, "storage": cfg.storage.with_environment(),
+    storage = cfg.storage.with_environment()
+    decode_kwargs = {"input_uri": cfg.input, "storage": storage, "max_pixels": cfg.max_pixels}
+    model_kwargs = {"model": cfg.model, "model_id": model_id, "storage": storage,
                     "stride": cfg.stride, "tile_batch": cfg.tile_batch, "threads": plan.threads, "gpu": cfg.gpu,
                     "blend": cfg.blend, "ensemble": cfg.ensemble, "precision": cfg.precision,
                     "noise_level": cfg.noise_level or None}

@@ -1,7 +1,8 @@
 """Restore-time settings that configs name: tile blending, the forward passes' number format, the
-default tile stride and how the restore pipeline's stages are laid out. They live apart from the torch code that applies them so that a driver (the CLI,
-``raeae restore``, ``raeae nightly``) builds its configs without importing torch: the import costs
-~1.5 s on the way to the first row, and only the model actors need torch.
+default tile stride and how the restore pipeline's stages are laid out. They live apart from the torch
+code that applies them so that a driver (the CLI, ``raeae restore``, ``raeae nightly``) builds its
+configs without importing torch: the import costs ~1.5 s on the way to the first row, and only the
+model actors need torch.
 """
 
 from __future__ import annotations
