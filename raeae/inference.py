@@ -85,8 +85,10 @@ def _as_batch(model: DenseAutoencoder, image: np.ndarray, device: torch.device):
 
 
 # Images with at most this many tiles are packed together into shared forward passes; larger ones
-# go alone, in bands of tile rows (bounded memory). 16,384 tiles of 13×13 are 11 MB of input.
-PACK_TILES = 16384
+# go alone, in bands of tile rows (bounded memory). 8,192 colour tiles of 13×13 are 16.6 MB of input:
+# every buffer stays below the 32 MB up to which a raeae worker's allocator reuses freed memory
+# (raeae.worker), so the pack and its outputs never cost fresh, kernel-zeroed pages.
+PACK_TILES = 8192
 
 
 @torch.inference_mode()
@@ -98,8 +100,9 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
                    noise_level: float | None = None) -> list[np.ndarray]:
     """Restore many uint8 images (each H×W or H×W×1..4, any size); returns each restored, same shape.
 
-    The tiles of small images are packed into shared forward passes of up to ``batch_size`` tiles:
-    a 64×64 image is only ~100 tiles of 13×13, too few for an efficient matrix multiply on its own.
+    The tiles of small images are packed into shared forward passes of up to ``batch_size`` rows of
+    the network (a tile is one row, or three for an opponent-colour model, one per plane): a 64×64
+    image is only ~100 tiles of 13×13, too few for an efficient matrix multiply on its own.
     The result is the same as restoring each image alone. With ``ensemble`` each image is restored in
     its 8 flips/rotations and the results averaged (8× the work). ``precision`` sets the number format
     of the forward passes. ``on_forward``, if given, receives the seconds of each forward pass (the
@@ -107,6 +110,8 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
     takes the noise level (``noise_input``) is told ``noise_level`` (σ, 0-255 scale) for every image,
     or by default each image's own estimate (:func:`noise_level_of`)."""
     cfg = model.config
+    # batch_size counts the network's rows: an opponent-colour model runs each tile as three
+    batch_size = max(1, batch_size // cfg.rows_per_patch)
     stride = stride or default_stride(cfg.patch_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     window = blend.window(cfg.patch_size)

@@ -110,6 +110,11 @@ class ModelConfig:
         return self.channels == 3 and self.color is ColorMode.OPPONENT
 
     @property
+    def rows_per_patch(self) -> int:
+        """Rows the network runs per patch: three in opponent mode (one per plane), else one."""
+        return 3 if self.planes else 1
+
+    @property
     def net_features(self) -> int:
         """Width of the network's first and last layer: one plane in opponent mode, else ``features``."""
         return self.patch_size * self.patch_size if self.planes else self.features

@@ -139,9 +139,9 @@ class ModelStage:
         from raeae import checkpoint as ckpt
         from raeae.inference import Precision
         from raeae.patches import Blend
+        from raeae.worker import prepare_worker
 
-        if threads > 0:
-            torch.set_num_threads(threads)
+        prepare_worker(threads)
         # Each actor reads the checkpoint itself (a URI is a small constructor argument; megabytes of
         # weights as one make Ray's core log an error line per actor, and a restarted actor re-reads
         # them from storage), then checks it is the model the driver announced.

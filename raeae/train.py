@@ -40,6 +40,7 @@ from raeae.model import ModelConfig, build_model, digits_config, parameter_count
 from raeae.patches import Blend, PatchSampler, dihedral, restore_tiles
 from raeae.runs import choose_run, write_record
 from raeae.storage import StorageConfig, StorageError, list_images, read_bytes, resolve, write_bytes
+from raeae.worker import prepare_worker
 
 
 class Loss(enum.Enum):
@@ -586,7 +587,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     cfg: TrainConfig = config["cfg"]
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))  # match the CPUs Ray reserved for us
+    prepare_worker(max(1, int(cfg.cpus_per_worker)))  # the CPUs Ray reserved for us; see raeae.worker
     device = ray.train.torch.get_device()
     images = _images(ray.train.get_dataset_shard("train"), cfg.model.channels)
     # The loss's config carries the scheme and noise σ decided from the data; checkpoints keep the

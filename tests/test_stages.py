@@ -169,6 +169,20 @@ def test_work_units_cut_the_largest_first_by_count_and_bytes():
     assert [len(u) for u in units] == [1, 3, 3, 3]  # 3000 alone (over the bytes), then by count
 
 
+def test_work_units_shrink_toward_the_end_so_the_actors_finish_together():
+    from raeae.restore import work_units
+
+    files = [{"path": f"f{i}", "size": 100} for i in range(256)]
+    units = work_units(files, batch_size=256, workers=2, unit_bytes=1600, min_bytes=100)
+    sizes = [sum(f["size"] for f in u) for u in units]
+    assert sorted(f["path"] for u in units for f in u) == sorted(f["path"] for f in files)  # each once
+    assert sizes[0] == 1600  # a full unit while much is left
+    assert sizes == sorted(sizes, reverse=True)  # never larger later
+    assert sizes[-3:] == [100, 100, 100]  # the tail: one file each (the floor)
+    # one worker: a unit may be twice as large at the same point of the list
+    assert len(work_units(files, 256, workers=1, unit_bytes=1600, min_bytes=100)) < len(units)
+
+
 @pytest.mark.parametrize("nodes,kw,expect", [
     # 2 CPUs: one fused 1-thread actor per CPU, half a CPU each, the write tasks in the rest
     ([{"CPU": 2.0}], {}, (2, 0.5, 0.0, 1, 0.25, True)),
