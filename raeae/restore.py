@@ -226,7 +226,10 @@ def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: 
     units = work_units(files, cfg.batch_size, plan.actors)
     if len(units) < plan.actors:
         plan = plan_stages(cfg, nodes, len(units))
-    ds = ray.data.from_arrow([pa.Table.from_pylist(
+    # from_blocks, not from_arrow: from_arrow runs a remote task per block (per unit) for its metadata
+    # and waits for them, on worker processes that a fresh local Ray is still starting; from_blocks
+    # takes the metadata from the listing tables here
+    ds = ray.data.from_blocks([pa.Table.from_pylist(
         [{"path": f["path"], "size": int(f["size"]),
           "mtime": float(f["mtime"]) if f["mtime"] is not None else float("nan")} for f in unit],
         schema=LISTING) for unit in units])
