@@ -6,9 +6,11 @@ again. glibc gives a freed block at the top of the heap back to the kernel once 
 ``M_TRIM_THRESHOLD`` is free there (by default twice the mmap threshold, at most 64 MB), and serves
 any block above ``M_MMAP_THRESHOLD`` with a fresh ``mmap``; either way the next pass touches new
 pages and the kernel zeroes every one of them (a page fault per 4 KB). Measured on 2 AMD EPYC cores
-(fp32, one thread, the colour model): 13,900-15,400 tiles/s with 330-490k page faults per 40 passes
-by default, 17,500 tiles/s with none once freed memory is kept (40 passes of 4,096 tiles, after
-3 warm-up passes, each setting in a fresh process).
+(fp32, one thread, 40 passes of 4,096 tiles after 3 warm-up ones, each setting in a fresh process):
+the gray model ran 13,900-15,400 tiles/s with 330-490k page faults by default and 17,500 tiles/s with
+none once freed memory is kept (a later pair of runs: 19,050 against 19,310, so the machine's own
+drift is as large as the gain); the colour model (1,365 tiles a pass, three interleaved runs)
+4,860-5,390 tiles/s by default and 5,360-5,600 kept.
 
 This is a process-wide setting, so raeae only makes it in processes it owns, never in a process
 that imports it as a library. The other half of the fix is in the code: tiles are cut into batches
