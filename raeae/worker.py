@@ -21,7 +21,6 @@ the 32 MB mmap threshold set here, so every large buffer is reused from the heap
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -37,10 +36,8 @@ TRIM_THRESHOLD = 1024 * 2**20
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep and reuse freed memory (see the module docstring). Returns whether it
     applied: False on a C library without ``mallopt`` (musl, macOS), where nothing changes."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+    try:  # the running process's own symbols: the C library it already uses (no library search)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
