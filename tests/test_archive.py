@@ -155,7 +155,7 @@ def test_archive_job_learns_from_the_noisy_archive_and_restores_all_of_it(ray_se
 
     clean = _archive(tmp_path / "archive", n=120, size=48, noise=NoiseConfig(sigma=25))
     manifest = self_train_and_restore(ArchiveConfig(archive=str(tmp_path / "archive"), output=str(tmp_path / "out"),
-                                                    max_minutes=0.4, run_id="first"))
+                                                    max_minutes=1.5, run_id="first"))
     assert manifest["inputs_restored"] == manifest["rows"] == 120 and manifest["errors"] == 0
     assert manifest["model"].endswith("_models/first")
     state = torch.load(tmp_path / "out" / "_models" / "first" / "model.pt", weights_only=True)
@@ -170,10 +170,12 @@ def test_archive_job_learns_from_the_noisy_archive_and_restores_all_of_it(ray_se
         scores["raeae"].append(psnr(clean[name], np.asarray(Image.open(io.BytesIO(r["image"])))))
         scores["TV"].append(psnr(clean[name], np.clip(tv(noisy / 255.0) * 255 + 0.5, 0, 255).astype(np.uint8)))
     means = {k: float(np.mean(v)) for k, v in scores.items()}
-    print(f"archive job, 0.4 min of self-supervised training on the archive: {means}")
-    # Measured: noisy 20.57, raeae 26.69, TV 29.84 dB. At this size TV wins: 120 small, smooth crops
-    # and 0.4 min of training (1.2 min gave 27.58). On the 400 photographs of noisy Train400, 10 min,
-    # raeae beats TV (bench/quality.py --self-supervised-minutes; README).
+    print(f"archive job, 1.5 min of self-supervised training on the archive: {means}")
+    # Measured on a 2-core AVX512-BF16 CPU: noisy 20.57, raeae 26.69, TV 29.84 dB after 0.4 min (1.2 min
+    # gave 27.58); on 2 AVX2 cores in fp32, ~3x slower, 0.4 min gave only 21.64, hence 1.5 min here (a
+    # time budget: the test asks for learning, not for a figure). At this size TV wins: 120 small,
+    # smooth crops. On the 400 photographs of noisy Train400, 10 min, raeae beats TV
+    # (bench/quality.py --self-supervised-minutes; README).
     assert means["raeae"] > means["noisy"] + 4.0
 
 
