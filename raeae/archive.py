@@ -19,7 +19,7 @@ from raeae.data import to_channels
 from raeae.images import decode
 from raeae.model import photo_config
 from raeae.nightly import NightlyConfig, nightly
-from raeae.storage import StorageConfig, list_images, read_bytes, resolve
+from raeae.storage import StorageConfig, list_images, read_bytes, resolve, strip_scheme
 from raeae.train import Preset, Scheme, train
 
 
@@ -32,6 +32,10 @@ class ArchiveConfig:
                                                       "model under _models/<id>/"})
     max_minutes: float = field(default=10.0, metadata={"help": "training time budget (10: see the README's "
                                                                "self-supervised quality row)"})
+    epochs: int = field(default=0, metadata={
+        "help": "passes over the archive's training patches (at least 100 batches each); 0 = train until "
+                "--max-minutes is spent. With both, whichever comes first: an epoch count makes a run "
+                "learn the same on any hardware, a time budget bounds its cost"})
     max_images: int = field(default=2000, metadata={"help": "learn from a random sample of at most this many "
                                                             "archive files (a few thousand patches-rich images "
                                                             "are plenty for a patch model)"})
@@ -54,6 +58,10 @@ class ArchiveConfig:
             raise ValueError(f"channels must be 0, 1 or 3, got {self.channels}")
         if self.noise_sigma < 0:
             raise ValueError(f"noise_sigma must be >= 0, got {self.noise_sigma}")
+        if self.epochs < 0 or self.max_minutes < 0:
+            raise ValueError(f"epochs and max_minutes must be >= 0, got {self.epochs} and {self.max_minutes}")
+        if not (self.epochs or self.max_minutes):
+            raise ValueError("give --epochs or --max-minutes (or both): with neither, training would never stop")
 
 
 def majority_channels(archive: str, storage: StorageConfig, look_at: int = 50) -> int:
@@ -62,7 +70,7 @@ def majority_channels(archive: str, storage: StorageConfig, look_at: int = 50) -
     colour = gray = 0
     for f in list_images(archive, storage)[:look_at]:
         try:
-            img = decode(read_bytes(fs, f["path"].split("://", 1)[-1]))[0]
+            img = decode(read_bytes(fs, strip_scheme(f["path"])))[0]
         except (OSError, ValueError):
             continue
         rgb = to_channels(img, 3 if img.ndim == 3 and img.shape[2] >= 3 else 1)
@@ -79,11 +87,13 @@ def self_train_and_restore(cfg: ArchiveConfig, verbose: bool = False) -> dict:
     root = cfg.output.rstrip("/")
     model_dir = posixpath.join(root, "_models", run_id)
     channels = cfg.channels or majority_channels(cfg.archive, cfg.storage)
+    budget = " and ".join(([f"{cfg.epochs} epochs"] if cfg.epochs else [])
+                          + ([f"{cfg.max_minutes:g} min"] if cfg.max_minutes else []))
     print(f"raeae archive: step 1/2: learn from the noisy images of {cfg.archive} ({'colour' if channels == 3 else 'gray'} "
-          f"model, up to {cfg.max_images} files, {cfg.max_minutes:g} min)")
+          f"model, up to {cfg.max_images} files, {budget})")
     recipe = replace(Preset.ARCHIVE.config(), data=cfg.archive, output=model_dir, model=photo_config(channels),
                      scheme=cfg.scheme, noise_sigma=cfg.noise_sigma, max_images=cfg.max_images,
-                     max_minutes=cfg.max_minutes, workers=cfg.workers, gpu=cfg.gpu, seed=cfg.seed,
+                     epochs=cfg.epochs, max_minutes=cfg.max_minutes, workers=cfg.workers, gpu=cfg.gpu, seed=cfg.seed,
                      storage=cfg.storage, storage_path=posixpath.join(root, "_models", "ray"))
     train(recipe, verbose=verbose)
     print(f"raeae archive: step 2/2: restore all of {cfg.archive} with it")

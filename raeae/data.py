@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 from PIL import Image
 
 from raeae.images import decode
-from raeae.storage import StorageConfig, StorageError, explain, list_images, read_bytes, resolve
+from raeae.storage import StorageConfig, StorageError, explain, list_images, read_bytes, resolve, strip_scheme
 
 IDX_UBYTE_IMAGES = 0x00000803  # IDX magic: unsigned bytes, 3 dimensions (N, rows, cols)
 
@@ -111,7 +111,7 @@ def decode_for_training(batch: dict, channels: int, uri: str, storage: StorageCo
     images = []
     for path in batch["path"]:
         try:
-            images.append(to_channels(decode(read_bytes(fs, _fs_path(str(path))))[0], channels))
+            images.append(to_channels(decode(read_bytes(fs, strip_scheme(str(path))))[0], channels))
         except (OSError, ValueError) as exc:
             print(f"raeae: skipping training file {path}: {exc}")
     return rows_from_arrays(images).to_pydict() if images else {
@@ -192,16 +192,12 @@ def load_images(uri: str, channels: int | None = None, storage: StorageConfig = 
     fs, _ = resolve(uri, storage)
     out = []
     for f in list_images(uri, storage)[: limit or None]:
-        img = decode(read_bytes(fs, _fs_path(f["path"])))[0]
+        img = decode(read_bytes(fs, strip_scheme(f["path"])))[0]
         if channels is not None:
             img = to_channels(img, channels)
             img = img[..., 0] if channels == 1 else img
         out.append((posixpath.basename(f["path"]), img))
     return out
-
-
-def _fs_path(display: str) -> str:
-    return display.split("://", 1)[1] if "://" in display else display
 
 
 # --- embedded sample photographs -------------------------------------------------------------------

@@ -8,7 +8,7 @@ back. Alpha channels are copied through untouched.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -97,7 +97,7 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
                    blend: Blend = Blend.GAUSSIAN, ensemble: bool = False,
                    pack_tiles: int = PACK_TILES, precision: Precision = Precision.AUTO,
                    on_forward: Callable[[float], None] | None = None,
-                   noise_level: float | None = None) -> list[np.ndarray]:
+                   noise_level: float | Sequence[float | None] | None = None) -> list[np.ndarray]:
     """Restore many uint8 images (each H×W or H×W×1..4, any size); returns each restored, same shape.
 
     The tiles of small images are packed into shared forward passes of up to ``batch_size`` rows of
@@ -108,7 +108,7 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
     of the forward passes. ``on_forward``, if given, receives the seconds of each forward pass (the
     part of the work a faster accelerator shrinks; tiling and stitching around it stay). A model that
     takes the noise level (``noise_input``) is told ``noise_level`` (σ, 0-255 scale) for every image,
-    or by default each image's own estimate (:func:`noise_level_of`)."""
+    or one σ per image (as from :func:`noise_levels`), or by default each image's own estimate."""
     cfg = model.config
     # batch_size counts the network's rows: an opponent-colour model runs each tile as three
     batch_size = max(1, batch_size // cfg.rows_per_patch)
@@ -128,7 +128,8 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
         return out
 
     prepared = [_as_batch(model, image, device) for image in images]
-    levels = [_level(model, image, batch, noise_level) for image, (batch, _) in zip(images, prepared)]
+    given = noise_level if isinstance(noise_level, Sequence) else [noise_level] * len(images)
+    levels = [_level(model, image, batch, sigma) for image, (batch, _), sigma in zip(images, prepared, given)]
     results: list[np.ndarray | None] = [None] * len(images)
     pack: list[tuple[int, torch.Tensor, TileGrid]] = []
 
@@ -167,6 +168,20 @@ def noise_level_of(batch: torch.Tensor) -> float:
     """The noise std (0-255 scale) of an image batch ``(B, C, H, W)`` in [0, 1], all its planes taken
     together: a scan's channels come from the same sensor, and more details make a steadier median."""
     return noise_level(batch.reshape(-1, *batch.shape[-2:]).float()) * 255.0
+
+
+def noise_levels(model: DenseAutoencoder, images: list[np.ndarray], noise_level: float | None = None
+                 ) -> list[float | None]:
+    """The σ (0-255 scale) that ``model`` is told about each image: ``noise_level`` if given, else the
+    image's own estimate (:func:`noise_level_of`, on the planes the model restores); None for every
+    image when the model takes no noise level. Passed back as ``restore_arrays(noise_level=...)``, it
+    is not estimated twice, and a pipeline can record with each image what its model was told."""
+    if not model.config.noise_input:
+        return [None] * len(images)
+    if noise_level is not None:
+        return [float(noise_level)] * len(images)
+    device = next(model.parameters()).device
+    return [noise_level_of(_as_batch(model, image, device)[0]) for image in images]
 
 
 def _level(model: DenseAutoencoder, image: np.ndarray, batch: torch.Tensor, noise_level: float | None) -> float | None:

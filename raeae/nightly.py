@@ -84,8 +84,8 @@ def committed_table(fs: pafs.FileSystem, root: str, columns: list[str] | None = 
     tables = []
     for m in _manifest_infos(fs, root):
         for rel in m["files"]:
-            t = pq.read_table(posixpath.join(root, rel), filesystem=fs, columns=columns, schema=SCHEMA if
-                              columns is None else None)
+            # read as the current contract: a column added since that run reads as nulls
+            t = pq.read_table(posixpath.join(root, rel), filesystem=fs, columns=columns, schema=SCHEMA)
             tables.append(t.append_column("_seq", pa.array(np.full(len(t), m["seq"]), pa.int64())))
     if not tables:
         schema = pa.schema([SCHEMA.field(c) for c in columns]) if columns else SCHEMA
@@ -115,7 +115,7 @@ def read_restored(output: str, storage: StorageConfig = StorageConfig(), columns
             files = parquet_files(fs, root)
             if not files and fs.get_file_info(root).type == pafs.FileType.NotFound:
                 raise StorageError(f"{output}: no such output")
-            tables = [pq.read_table(f, filesystem=fs, columns=columns) for f in files]
+            tables = [pq.read_table(f, filesystem=fs, columns=columns, schema=SCHEMA) for f in files]
             table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
             table = table.append_column("_seq", pa.array(np.zeros(len(table)), pa.int64()))
     except OSError as exc:

@@ -42,6 +42,9 @@ SCHEMA = pa.schema([
     pa.field("source_size", pa.int64()),  # bytes, from the listing
     pa.field("source_mtime", pa.timestamp("us", tz="UTC")),  # from the listing
     pa.field("model_id", pa.string(), nullable=False),  # sha256[:16] of the checkpoint file
+    # σ (0-255) the model was told about this image: --noise-level, else the image's own estimate;
+    # null for a model that takes none, and on error. Sorting by it finds an archive's worst scans.
+    pa.field("noise_sigma", pa.float32()),
     pa.field("restored_at", pa.timestamp("us", tz="UTC"), nullable=False),
     pa.field("seconds", pa.float32()),  # time spent on this file in all stages (the sum of the next three)
     pa.field("decode_s", pa.float32()),  # reading and decoding it (CPU task)

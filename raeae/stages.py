@@ -49,6 +49,7 @@ DECODED = pa.schema([
     pa.field("source_mode", pa.string()),
     pa.field("error", pa.string()),  # null while the row is fine
     pa.field("model_id", pa.string()),
+    pa.field("noise_sigma", pa.float32()),
     pa.field("decode_s", pa.float32()),
     pa.field("restore_s", pa.float32()),
     pa.field("forward_s", pa.float32()),
@@ -111,7 +112,7 @@ def decode_batch(batch: pa.Table, input_uri: str, storage: StorageConfig, max_pi
         t0 = time.perf_counter()
         row = {"path": item["path"], "size": item["size"], "mtime": item["mtime"], "pixels": None,
                "height": None, "width": None, "depth": None, "source_mode": None, "error": None,
-               "model_id": None, "restore_s": 0.0, "forward_s": 0.0}
+               "model_id": None, "noise_sigma": None, "restore_s": 0.0, "forward_s": 0.0}
         try:
             if isinstance(raw, Exception):
                 raise raw
@@ -162,14 +163,17 @@ class ModelStage:
         self.blend, self.precision = blend or Blend.GAUSSIAN, precision or Precision.AUTO
         self.noise_level = noise_level  # None: each image's own estimate (noise_input models only)
 
-    def _restore(self, model, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
-        from raeae.inference import restore_arrays
+    def _restore(self, model, images: list[np.ndarray]) -> tuple[list[tuple[np.ndarray, float | None]], float]:
+        """Each image restored, with the σ its model was told (None: the model takes none), and the
+        seconds of forward passes."""
+        from raeae.inference import noise_levels, restore_arrays
 
         forward_s = []
+        sigmas = noise_levels(model, images, self.noise_level)
         out = restore_arrays(model, images, self.strides[id(model)], self.tile_batch, self.device,
                              blend=self.blend, ensemble=self.ensemble, precision=self.precision,
-                             on_forward=forward_s.append, noise_level=self.noise_level)
-        return out, sum(forward_s)
+                             on_forward=forward_s.append, noise_level=sigmas)
+        return list(zip(out, sigmas)), sum(forward_s)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from raeae.inference import pick_model
@@ -190,13 +194,13 @@ class ModelStage:
             members, images = [i for i, _ in pairs], [im for _, im in pairs]
             try:
                 restored, forward_s = self._restore(model, images)
-                results = list(zip(members, restored))
+                results = [(i, out, sigma) for i, (out, sigma) in zip(members, restored)]
             except Exception:  # noqa: BLE001 - find the one image that fails; the others still restore
                 results, forward_s = [], 0.0
                 for i, image in zip(members, images):
                     try:
                         out, f = self._restore(model, [image])
-                        results.append((i, out[0]))
+                        results.append((i, *out[0]))
                         forward_s += f
                     except Exception as exc:  # noqa: BLE001
                         rows[i]["error"] = _error_text(exc)
@@ -205,8 +209,8 @@ class ModelStage:
             for i, image in zip(members, images):  # the batch's time, shared out by pixels
                 share = image.size / total
                 rows[i].update(restore_s=elapsed * share, forward_s=forward_s * share, model_id=self.ids[id(model)])
-            for i, out in results:
-                rows[i] = _with_pixels(rows[i], out)
+            for i, out, sigma in results:
+                rows[i] = {**_with_pixels(rows[i], out), "noise_sigma": sigma}
         return pa.Table.from_pylist(rows, schema=DECODED)
 
 
@@ -221,7 +225,8 @@ def encode_batch(batch: pa.Table, png_level: int, schema: pa.Schema) -> pa.Table
         t0 = time.perf_counter()
         result = {"path": row["path"], "image": None, "width": None, "height": None, "channels": None,
                   "source_mode": row["source_mode"], "status": "error", "error": row["error"],
-                  "source_size": row["size"], "source_mtime": _ts_us(row["mtime"]), "model_id": row["model_id"]}
+                  "source_size": row["size"], "source_mtime": _ts_us(row["mtime"]), "model_id": row["model_id"],
+                  "noise_sigma": row["noise_sigma"]}
         if row["error"] is None:
             try:
                 image = _pixels(row)

@@ -168,6 +168,8 @@ def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 
 
 def strip_scheme(uri: str) -> str:
+    """The path a filesystem from :func:`resolve` takes: ``s3://bucket/key`` -> ``bucket/key``; a local
+    path stays as it is (also ``C:/x``: a one-letter scheme is a Windows drive)."""
     scheme = urlparse(uri).scheme
     if scheme and len(scheme) > 1:
         return uri.split("://", 1)[1]

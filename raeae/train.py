@@ -39,7 +39,7 @@ from raeae.metrics import batch_psnr
 from raeae.model import ModelConfig, build_model, digits_config, parameter_count, photo_config
 from raeae.patches import Blend, PatchSampler, dihedral, restore_tiles
 from raeae.runs import choose_run, write_record
-from raeae.storage import StorageConfig, StorageError, list_images, read_bytes, resolve, write_bytes
+from raeae.storage import StorageConfig, StorageError, list_images, read_bytes, resolve, strip_scheme, write_bytes
 from raeae.worker import prepare_worker
 
 
@@ -716,8 +716,8 @@ def clean_pairs(source, cfg: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]]
     for path in source.val_files:
         if stem(path) not in clean_files:
             continue
-        noisy = to_channels(decode(read_bytes(fs, path.split("://", 1)[-1]))[0], cfg.model.channels)
-        ref = to_channels(decode(read_bytes(clean_fs, clean_files[stem(path)].split("://", 1)[-1]))[0],
+        noisy = to_channels(decode(read_bytes(fs, strip_scheme(path)))[0], cfg.model.channels)
+        ref = to_channels(decode(read_bytes(clean_fs, strip_scheme(clean_files[stem(path)])))[0],
                           cfg.model.channels)
         if ref.shape == noisy.shape:
             pairs.append((noisy, ref))

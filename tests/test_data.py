@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from raeae.data import is_validation, load_idx, load_images, load_source, parse_idx, to_channels
-from raeae.storage import StorageError
+from raeae.storage import StorageError, strip_scheme
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
@@ -75,3 +75,10 @@ def test_load_images_reads_folders_and_idx(tmp_path, clean_photos):
     assert len(load_images(str(tmp_path), split="test")) == 10
     photos = load_images(str(clean_photos), channels=1)
     assert photos and all(a.ndim == 2 for _, a in photos)
+
+
+@pytest.mark.parametrize("uri, path", [("s3://bucket/a/b.png", "bucket/a/b.png"), ("gs://b/x", "b/x"),
+                                       ("/tmp/a.png", "/tmp/a.png"), ("rel/a.png", "rel/a.png"),
+                                       ("C:/data/a.png", "C:/data/a.png")])
+def test_strip_scheme_gives_the_filesystem_path(uri, path):
+    assert strip_scheme(uri) == path

@@ -211,3 +211,50 @@ def test_stage_plan_never_starts_more_actors_than_units_nor_a_gpu_actor_without_
     assert plan_stages(RestoreConfig(), [{"CPU": 8.0}], batches=3).actors == 3
     with pytest.raises(ValueError, match="no GPUs"):
         plan_stages(RestoreConfig(gpu=True), [{"CPU": 8.0}], batches=3)
+
+
+def test_rows_record_the_noise_level_the_model_was_told(tmp_path, trained_checkpoint):
+    from raeae.corrupt import NoiseConfig
+    from raeae.evaluate import make_noisy
+
+    for i, name in enumerate(("camera.png", "astronaut.png")):
+        (tmp_path / name).write_bytes(png_bytes(make_noisy(photo(name)[:96, :96], NoiseConfig(sigma=25), i)))
+    (tmp_path / "empty.png").write_bytes(b"")
+    kwargs = {"storage": StorageConfig(), "stride": 0, "tile_batch": 4096, "threads": 1}
+    decoded = decode_batch(listing(tmp_path), str(tmp_path), StorageConfig(), max_pixels=10**6)
+
+    def sigmas(model: str, **extra) -> dict:
+        rows = encode_batch(ModelStage(model, raeae_model_id(model), **kwargs, **extra)(decoded), png_level=1,
+                            schema=SCHEMA).to_pylist()
+        return {r["path"].rsplit("/", 1)[1]: r["noise_sigma"] for r in rows}
+
+    # the bundled blind models take the noise level: each image's own estimate, then a given one
+    estimated = sigmas("builtin:auto")
+    assert estimated["empty.png"] is None
+    assert estimated["camera.png"] == pytest.approx(25, abs=3) and estimated["astronaut.png"] == pytest.approx(25, abs=3)
+    assert sigmas("builtin:auto", noise_level=40.0) == {"camera.png": 40.0, "astronaut.png": 40.0, "empty.png": None}
+    # a model that takes no noise level is told none
+    assert set(sigmas(str(trained_checkpoint)).values()) == {None}
+
+
+def test_outputs_written_before_a_column_was_added_read_it_as_null(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from raeae.nightly import MANIFESTS, read_restored
+
+    old_schema = pa.schema([f for f in SCHEMA if f.name != "noise_sigma"])  # the contract before noise_sigma
+    row = {"path": "/a.png", "status": "ok", "model_id": "m", "restored_at": 0}
+    plain, nightly = tmp_path / "plain", tmp_path / "nightly"
+    plain.mkdir()
+    pq.write_table(pa.Table.from_pylist([row], schema=old_schema), plain / "part-0.parquet")
+    (nightly / "run=n1").mkdir(parents=True)
+    (nightly / MANIFESTS).mkdir()
+    pq.write_table(pa.Table.from_pylist([row], schema=old_schema), nightly / "run=n1" / "part-0.parquet")
+    (nightly / MANIFESTS / "1-n1.json").write_text(json.dumps({"seq": 1, "files": ["run=n1/part-0.parquet"]}))
+    for out in (plain, nightly):
+        table = read_restored(str(out))
+        assert table.schema == SCHEMA and table["noise_sigma"].to_pylist() == [None]
+        assert read_restored(str(out), columns=["path", "noise_sigma"]).to_pylist() == [
+            {"path": "/a.png", "noise_sigma": None}]
