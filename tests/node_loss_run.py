@@ -14,9 +14,10 @@ import ray
 from ray.cluster_utils import Cluster
 
 from raeae.restore import RestoreConfig, restore
+from raeae.settings import Layout
 
 
-def main(model: str, input_: str, output: str, timeout_s: float) -> None:
+def main(model: str, input_: str, output: str, timeout_s: float, layout: Layout) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -33,11 +34,11 @@ def main(model: str, input_: str, output: str, timeout_s: float) -> None:
 
     threading.Thread(target=remove_a_worker, daemon=True).start()
     summary = restore(RestoreConfig(model=model, input=input_, output=output, actors=2, cpus_per_actor=0.5,
-                                    batch_size=2, file_mb=0.001))
+                                    batch_size=2, file_mb=0.001, layout=layout))
     print("RESULT " + json.dumps({**summary, "removed": removed, "nodes_alive": sum(n["Alive"] for n in ray.nodes())}))
     ray.shutdown()
     cluster.shutdown()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), Layout(sys.argv[5]))

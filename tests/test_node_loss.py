@@ -15,7 +15,10 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_node_removed_during_restore_every_input_once_and_ok(tmp_path, trained_checkpoint):
+# fused: the CPU default; staged: the GPU default (decode and encode tasks beside the model actors),
+# run here on CPUs with --layout staged
+@pytest.mark.parametrize("layout", ["fused", "staged"])
+def test_node_removed_during_restore_every_input_once_and_ok(tmp_path, trained_checkpoint, layout):
     src = tmp_path / "in"
     src.mkdir()
     rng = np.random.default_rng(0)
@@ -24,7 +27,7 @@ def test_node_removed_during_restore_every_input_once_and_ok(tmp_path, trained_c
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "node_loss_run.py"), str(trained_checkpoint),
-                           str(src), str(out), "120"], capture_output=True, text=True, timeout=600, env=env,
+                           str(src), str(out), "120", layout], capture_output=True, text=True, timeout=600, env=env,
                           cwd=ROOT)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     assert proc.returncode == 0 and line, (proc.stdout[-2000:], proc.stderr[-4000:])
