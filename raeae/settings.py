@@ -39,18 +39,21 @@ class Blend(enum.Enum):
 
 
 def fast_bf16(device: "torch.device") -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively: CUDA GPUs from Ampere on, CPUs with
-    AVX512-BF16 or AMX. Elsewhere bf16 is emulated and slower than fp32."""
+    """Whether ``device`` multiplies bfloat16 matrices natively: CPUs with AVX512-BF16 or AMX, and an
+    accelerator whose torch backend says it supports bf16 (CUDA GPUs, XPUs). Elsewhere bf16 is emulated
+    and slower than fp32. A capability query about the device it is given; it never picks a device."""
     import torch
 
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         try:  # private helpers; an older or newer torch without them simply gets fp32
             return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
         except AttributeError:
             return False
-    return False
+    try:  # a device type without a torch backend module of its own (meta...) has no native bf16
+        supported = getattr(torch.get_device_module(device), "is_bf16_supported", None)
+    except RuntimeError:
+        return False
+    return bool(supported()) if supported is not None else False
 
 
 class Precision(enum.Enum):
