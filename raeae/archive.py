@@ -20,7 +20,7 @@ from raeae.images import decode
 from raeae.model import photo_config
 from raeae.nightly import NightlyConfig, nightly
 from raeae.storage import StorageConfig, list_images, read_bytes, resolve, strip_scheme
-from raeae.train import Preset, Scheme, train
+from raeae.train import Preset, Scheme, budget_checks, train
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,9 @@ class ArchiveConfig:
             raise ValueError(f"channels must be 0, 1 or 3, got {self.channels}")
         if self.noise_sigma < 0:
             raise ValueError(f"noise_sigma must be >= 0, got {self.noise_sigma}")
-        if self.epochs < 0 or self.max_minutes < 0:
-            raise ValueError(f"epochs and max_minutes must be >= 0, got {self.epochs} and {self.max_minutes}")
-        if not (self.epochs or self.max_minutes):
-            raise ValueError("give --epochs or --max-minutes (or both): with neither, training would never stop")
+        for ok, msg in budget_checks(self.epochs, self.max_minutes):
+            if not ok:
+                raise ValueError(msg)
 
 
 def majority_channels(archive: str, storage: StorageConfig, look_at: int = 50) -> int:

@@ -8,7 +8,7 @@ back. Alpha channels are copied through untouched.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -97,7 +97,8 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
                    blend: Blend = Blend.GAUSSIAN, ensemble: bool = False,
                    pack_tiles: int = PACK_TILES, precision: Precision = Precision.AUTO,
                    on_forward: Callable[[float], None] | None = None,
-                   noise_level: float | Sequence[float | None] | None = None) -> list[np.ndarray]:
+                   noise_level: float | None = None,
+                   on_sigma: Callable[[list[float | None]], None] | None = None) -> list[np.ndarray]:
     """Restore many uint8 images (each H×W or H×W×1..4, any size); returns each restored, same shape.
 
     The tiles of small images are packed into shared forward passes of up to ``batch_size`` rows of
@@ -108,7 +109,8 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
     of the forward passes. ``on_forward``, if given, receives the seconds of each forward pass (the
     part of the work a faster accelerator shrinks; tiling and stitching around it stay). A model that
     takes the noise level (``noise_input``) is told ``noise_level`` (σ, 0-255 scale) for every image,
-    or one σ per image (as from :func:`noise_levels`), or by default each image's own estimate."""
+    or by default each image's own estimate (:func:`noise_level_of`); ``on_sigma``, if given, receives
+    the σ each image was told, in order (None for a model that takes none)."""
     cfg = model.config
     # batch_size counts the network's rows: an opponent-colour model runs each tile as three
     batch_size = max(1, batch_size // cfg.rows_per_patch)
@@ -128,8 +130,10 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
         return out
 
     prepared = [_as_batch(model, image, device) for image in images]
-    given = noise_level if isinstance(noise_level, Sequence) else [noise_level] * len(images)
-    levels = [_level(model, image, batch, sigma) for image, (batch, _), sigma in zip(images, prepared, given)]
+    sigmas = [_sigma(model, batch, noise_level) for batch, _ in prepared]
+    if on_sigma is not None:
+        on_sigma(sigmas)
+    levels = [_level(model, image, sigma) for image, sigma in zip(images, sigmas)]
     results: list[np.ndarray | None] = [None] * len(images)
     pack: list[tuple[int, torch.Tensor, TileGrid]] = []
 
@@ -170,25 +174,18 @@ def noise_level_of(batch: torch.Tensor) -> float:
     return noise_level(batch.reshape(-1, *batch.shape[-2:]).float()) * 255.0
 
 
-def noise_levels(model: DenseAutoencoder, images: list[np.ndarray], noise_level: float | None = None
-                 ) -> list[float | None]:
-    """The σ (0-255 scale) that ``model`` is told about each image: ``noise_level`` if given, else the
-    image's own estimate (:func:`noise_level_of`, on the planes the model restores); None for every
-    image when the model takes no noise level. Passed back as ``restore_arrays(noise_level=...)``, it
-    is not estimated twice, and a pipeline can record with each image what its model was told."""
-    if not model.config.noise_input:
-        return [None] * len(images)
-    if noise_level is not None:
-        return [float(noise_level)] * len(images)
-    device = next(model.parameters()).device
-    return [noise_level_of(_as_batch(model, image, device)[0]) for image in images]
-
-
-def _level(model: DenseAutoencoder, image: np.ndarray, batch: torch.Tensor, noise_level: float | None) -> float | None:
-    """What a ``noise_input`` model is told about ``image`` (as ``batch``): its noise std in [0, 1] units."""
+def _sigma(model: DenseAutoencoder, batch: torch.Tensor, noise_level: float | None) -> float | None:
+    """The σ (0-255 scale) a ``noise_input`` model is told about the image in ``batch``: ``noise_level``
+    if given, else the image's own estimate; None for a model that takes no noise level."""
     if not model.config.noise_input:
         return None
-    sigma = noise_level if noise_level is not None else noise_level_of(batch)
+    return noise_level if noise_level is not None else noise_level_of(batch)
+
+
+def _level(model: DenseAutoencoder, image: np.ndarray, sigma: float | None) -> float | None:
+    """``image``'s σ (:func:`_sigma`) as the network input: a noise std in [0, 1] units."""
+    if sigma is None:
+        return None
     if model.config.channels == 3 and _gray(image):
         # A gray image replicated to RGB has the same noise in all three channels, not independent
         # noise: its luma plane carries all of σ, where white RGB noise would leave σ/√3 in it.

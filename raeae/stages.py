@@ -166,13 +166,12 @@ class ModelStage:
     def _restore(self, model, images: list[np.ndarray]) -> tuple[list[tuple[np.ndarray, float | None]], float]:
         """Each image restored, with the σ its model was told (None: the model takes none), and the
         seconds of forward passes."""
-        from raeae.inference import noise_levels, restore_arrays
+        from raeae.inference import restore_arrays
 
-        forward_s = []
-        sigmas = noise_levels(model, images, self.noise_level)
+        forward_s, sigmas = [], []
         out = restore_arrays(model, images, self.strides[id(model)], self.tile_batch, self.device,
                              blend=self.blend, ensemble=self.ensemble, precision=self.precision,
-                             on_forward=forward_s.append, noise_level=sigmas)
+                             on_forward=forward_s.append, noise_level=self.noise_level, on_sigma=sigmas.extend)
         return list(zip(out, sigmas)), sum(forward_s)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -64,6 +64,14 @@ class Scheme(enum.Enum):
     BLIND_SPOT = "blind-spot"
 
 
+def budget_checks(epochs: int, max_minutes: float) -> list[tuple[bool, str]]:
+    """(ok, message) checks on a training budget, for every config that carries one (train, archive)."""
+    return [(epochs >= 0, f"epochs must be >= 0, got {epochs}"),
+            (max_minutes >= 0, f"max_minutes must be >= 0, got {max_minutes}"),
+            (epochs > 0 or max_minutes > 0,
+             "give --epochs or --max-minutes (or both): with neither, training would never stop")]
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs. Model and noise are nested configs stored in checkpoints.
@@ -163,15 +171,12 @@ class TrainConfig:
                                                        "last checkpoint"})
 
     def __post_init__(self) -> None:
-        checks = [(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
-                  (self.epochs > 0 or self.max_minutes > 0,
-                   "give --epochs or --max-minutes (or both): with neither, training would never stop"),
+        checks = [*budget_checks(self.epochs, self.max_minutes),
                   (self.batch_size >= self.workers,
                    f"batch_size ({self.batch_size}) must be >= workers ({self.workers}): it is split across them"),
                   (self.lr > 0, f"lr must be > 0, got {self.lr}"),
                   (self.workers >= 1, f"workers must be >= 1, got {self.workers}"),
                   (self.cpus_per_worker >= 0, f"cpus_per_worker must be >= 0, got {self.cpus_per_worker}"),
-                  (self.max_minutes >= 0, f"max_minutes must be >= 0, got {self.max_minutes}"),
                   (0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
                   (0 < self.mask_ratio < 1, f"mask_ratio must be in (0, 1), got {self.mask_ratio}"),
                   (self.noise_sigma >= 0, f"noise_sigma must be >= 0, got {self.noise_sigma}"),
