@@ -7,8 +7,9 @@ line on stderr and exit code 2, not a traceback.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+import gc
 import sys
+from dataclasses import replace
 
 from raeae import __version__
 from raeae.checkpoint import CheckpointError
@@ -215,6 +216,10 @@ def console() -> int:
         return main()
     finally:
         disconnect()
+        # Python's final garbage collection at exit walks every object the imports made (Ray, Ray Data,
+        # pyarrow): 0.8 s of one core after the summary is printed, measured on 2 CPUs. Frozen objects
+        # are out of its reach; atexit handlers and the flush of stdout and stderr still run.
+        gc.freeze()
 
 
 if __name__ == "__main__":
