@@ -1,8 +1,8 @@
-"""Training data: MNIST-format IDX files or a folder/bucket of clean images, as Ray Datasets.
+"""Training data: MNIST-format IDX files or a folder/bucket of clean images.
 
-Both sources become the same row schema, so the training loop has one path:
-``pixels`` (raw uint8 bytes, row-major H×W×C), ``height``, ``width``, ``channels``. Rows are small
-and fixed-typed (no ragged tensors), and Ray Train splits them across workers.
+A :class:`TrainingSource` says where the images are; each Ray Train worker then reads its own share
+(:meth:`TrainingSource.train_share`), and rank 0 the validation images. IDX arrays travel as rows of
+one schema: ``pixels`` (raw uint8 bytes, row-major H×W×C), ``height``, ``width``, ``channels``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import gzip
 import hashlib
 import posixpath
 import shutil
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,17 +107,25 @@ def is_validation(key: str, fraction: float, seed: int) -> bool:
     return h / 2**64 < fraction
 
 
-def decode_for_training(batch: dict, channels: int, uri: str, storage: StorageConfig) -> dict:
-    """Ray Data map: file rows (``path``) -> training rows; undecodable files are dropped with a line."""
+# Files read at once by one worker: reading from object storage is mostly waiting (a request's latency),
+# and the decode releases the GIL for most of its time.
+READ_THREADS = 8
+
+
+def read_training_files(paths: Sequence[str], channels: int, uri: str, storage: StorageConfig) -> list[np.ndarray]:
+    """Read and decode image files into uint8 H×W×``channels`` arrays, in order; a file that cannot be
+    read or decoded is skipped with a line (one bad file does not stop a training run)."""
     fs, _ = resolve(uri, storage)
-    images = []
-    for path in batch["path"]:
+
+    def one(path: str) -> np.ndarray | None:
         try:
-            images.append(to_channels(decode(read_bytes(fs, strip_scheme(str(path))))[0], channels))
+            return to_channels(decode(read_bytes(fs, strip_scheme(path)))[0], channels)
         except (OSError, ValueError) as exc:
             print(f"raeae: skipping training file {path}: {exc}")
-    return rows_from_arrays(images).to_pydict() if images else {
-        "pixels": [], "height": [], "width": [], "channels": []}
+            return None
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        return [image for image in pool.map(one, paths) if image is not None]
 
 
 @dataclass(frozen=True)
@@ -129,25 +139,29 @@ class TrainingSource:
     train_files: tuple[str, ...] = ()  # image folder
     val_files: tuple[str, ...] = ()
 
-    def datasets(self, channels: int, storage: StorageConfig = StorageConfig()):
-        """(train, validation) Ray Datasets in the training row schema; image files are read and
-        decoded by Ray Data tasks, in parallel across the cluster."""
-        import ray.data
-
+    def train_share(self, rank: int, world: int, channels: int,
+                    storage: StorageConfig = StorageConfig()) -> list[np.ndarray]:
+        """Worker ``rank`` of ``world``'s training images (every ``world``-th row or file from its own
+        rank on), read by the worker itself, which holds them in memory for the whole run anyway.
+        Decoding them with Ray Data in the driver and handing each worker a Ray Train dataset shard
+        cost more than reading them: on 2 CPUs, for a 12-image folder, 3.5 s of decoding in the driver
+        (Ray Data's executor and its helper actors starting) and 6.4 s in the worker (a split
+        coordinator actor starting, then two shards streamed); a 1-epoch `raeae train` went from
+        40.7-45.6 s to 36.0-37.1 s (two runs each, interleaved)."""
         if self.train_rows is not None:
-            return ray.data.from_arrow(self.train_rows), ray.data.from_arrow(self.val_rows)
+            return arrays_from_rows(self.train_rows.take(list(range(rank, self.train_rows.num_rows, world)))
+                                    .to_pydict())
+        return read_training_files(self.train_files[rank::world], channels, self.uri, storage)
 
-        def files(paths: tuple[str, ...]):
-            ds = ray.data.from_items([{"path": p} for p in paths],
-                                     override_num_blocks=max(1, min(len(paths), 64)))
-            ds = ds.map_batches(decode_for_training, batch_size=16, batch_format="numpy",
-                                fn_kwargs={"channels": channels, "uri": self.uri,
-                                           "storage": storage.with_environment()})
-            # Decode now, while the CPUs are free: once the Train workers hold every CPU, decode tasks
-            # would wait for them forever. The workers hold the decoded images in memory anyway.
-            return ds.materialize()
+    def validation(self, channels: int, storage: StorageConfig = StorageConfig()) -> list[np.ndarray]:
+        """The held-out images (rank 0 validates)."""
+        if self.val_rows is not None:
+            return arrays_from_rows(self.val_rows.to_pydict())
+        return read_training_files(self.val_files, channels, self.uri, storage)
 
-        return files(self.train_files), files(self.val_files)
+    @property
+    def train_count(self) -> int:
+        return self.train_rows.num_rows if self.train_rows is not None else len(self.train_files)
 
 
 def load_source(uri: str, channels: int, val_fraction: float, seed: int,

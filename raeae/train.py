@@ -32,7 +32,7 @@ from raeae import checkpoint as ckpt
 from raeae.cluster import connect
 from raeae.corrupt import (IMPULSE_SHARE, Noise, NoiseConfig, blind_spot, corrupt, corrupt_with_level,
                            estimate_sigma, impulse_share, masked_mse, recorrupt)
-from raeae.data import arrays_from_rows, find_idx, load_source, to_channels
+from raeae.data import find_idx, load_source, to_channels
 from raeae.images import decode
 from raeae.inference import Precision, default_stride
 from raeae.metrics import batch_psnr
@@ -285,12 +285,9 @@ def _all_reduce(value: float, op) -> float:
     return float(t.item())
 
 
-def _images(shard, channels: int) -> list[torch.Tensor]:
-    """Materialise a dataset shard as a list of uint8 ``(C, H, W)`` tensors."""
-    out = []
-    for batch in shard.iter_batches(batch_size=1024, batch_format="numpy"):
-        out += [torch.from_numpy(a.copy()).permute(2, 0, 1) for a in arrays_from_rows(batch)]
-    return out
+def _tensors(images: list[np.ndarray]) -> list[torch.Tensor]:
+    """uint8 H×W×C arrays -> uint8 ``(C, H, W)`` tensors (views of writable copies)."""
+    return [torch.from_numpy(np.array(a)).permute(2, 0, 1) for a in images]
 
 
 def sigma_weights(noisy: torch.Tensor, clean: torch.Tensor, power: float) -> torch.Tensor:
@@ -594,7 +591,11 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     prepare_worker(max(1, int(cfg.cpus_per_worker)))  # the CPUs Ray reserved for us; see raeae.worker
     device = ray.train.torch.get_device()
-    images = _images(ray.train.get_dataset_shard("train"), cfg.model.channels)
+    source, storage = ray.get(config["source"]), config["storage"]
+    rank, world = _world()
+    images = _tensors(source.train_share(rank, world, cfg.model.channels, storage))
+    if not images:  # every file of this rank's share failed to decode (each was named on its own line)
+        raise ValueError(f"training worker {rank}: none of its share of {source.uri} could be read")
     # The loss's config carries the scheme and noise σ decided from the data; checkpoints keep the
     # config as given, so a resume compares like with like (the decision is in each epoch's metrics).
     loss_cfg = resolve_self_supervision(cfg, images)
@@ -614,7 +615,7 @@ def train_loop_per_worker(config: dict) -> None:
             val = [torch.from_numpy(n.copy()).permute(2, 0, 1) for n, _ in config["val_pairs"]]
             val_clean = [torch.from_numpy(c.copy()).permute(2, 0, 1) for _, c in config["val_pairs"]]
         else:
-            val = _images(ray.train.get_dataset_shard("val"), cfg.model.channels)
+            val = _tensors(source.validation(cfg.model.channels, storage))
     trainer = EpochTrainer(loss_cfg, model, optimizer, sampler, device)
     clock = Clock(cfg.budget_s, spent_s=progress["elapsed_s"])
     loop_s = 0.0
@@ -802,6 +803,9 @@ def train(cfg: TrainConfig, verbose: bool = False) -> TrainResult:
         raise ValueError("--output is required: where the best checkpoint goes")
     cfg, weights = init_weights(cfg)
     source = load_source(cfg.data, cfg.model.channels, cfg.val_fraction, cfg.seed, cfg.storage, cfg.max_images)
+    if source.train_count < cfg.workers:  # each rank trains on its own share of the images
+        raise ValueError(f"{source.train_count} training image(s) for {cfg.workers} workers: each worker "
+                         f"needs at least one; use fewer --workers")
     pairs = clean_pairs(source, cfg)
     storage_path = cfg.storage_path if "://" in cfg.storage_path else os.path.abspath(cfg.storage_path)
     run = choose_run(cfg.run_name, cfg.resume, storage_path, cfg.storage, cfg.to_dict())
@@ -824,21 +828,21 @@ def train(cfg: TrainConfig, verbose: bool = False) -> TrainResult:
           f"{cfg.epochs or 'no'} epoch limit, {budget}")
     if not run.resumed:
         write_record(storage_path, cfg.storage, run.name, cfg.to_dict())
-    train_ds, val_ds = source.datasets(cfg.model.channels, cfg.storage)
     os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)
     with EpochPrinter(cfg) as printer:
         trainer = TorchTrainer(
             train_loop_per_worker,
+            # The source goes through the object store once (an IDX source holds every image); each
+            # worker reads its own share of it (see TrainingSource.train_share).
             train_loop_config={"cfg": cfg, "init_weights": weights, "progress_queue": printer.queue,
-                               "val_pairs": pairs},
+                               "val_pairs": pairs, "source": ray.put(source),
+                               "storage": cfg.storage.with_environment()},
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
                                                    resources_per_worker={"CPU": cfg.cpus_per_worker}),
             run_config=ray.train.RunConfig(
                 name=run.name, storage_path=storage_path,
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                 failure_config=ray.train.FailureConfig(max_failures=cfg.failures)),
-            datasets={"train": train_ds, "val": val_ds},
-            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         )
         t0 = time.perf_counter()
         result = trainer.fit()

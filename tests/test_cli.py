@@ -69,6 +69,15 @@ def test_bad_arguments_fail_fast_with_one_line(argv, words, capsys):
     assert len(err) == 1 and words in err[0] and "Traceback" not in err[0]
 
 
+def test_more_workers_than_training_images_fails_fast_with_one_line(tmp_path, clean_photos, capsys):
+    """Each rank trains on its own share of the files, so every rank needs one (checked before Ray starts)."""
+    assert main(["train", "--data", str(clean_photos), "--output", str(tmp_path / "m"), "--workers", "4",
+                 "--val-fraction", "0.3", "--storage-path", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "for 4 workers: each worker needs at least one" in err[0]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_unknown_choice_is_rejected_by_argparse(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--noise", "purple"])

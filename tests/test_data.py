@@ -48,6 +48,30 @@ def test_image_source_holds_out_a_stable_part(tmp_path, clean_photos):
     assert not set(a.train_files) & set(a.val_files)
 
 
+def test_idx_shares_split_the_training_rows_between_the_workers(tmp_path):
+    write_mnist(tmp_path, n=100)
+    src = load_source(str(tmp_path), channels=1, val_fraction=0.1, seed=0)
+    shares = [src.train_share(rank, 3, channels=1) for rank in range(3)]
+    assert [len(s) for s in shares] == [30, 30, 30] and src.train_count == 90
+    seen = {a.tobytes() for share in shares for a in share}
+    assert len(seen) == 90 and all(a.shape == (8, 8, 1) and a.dtype == np.uint8 for a in shares[0])
+    assert len(src.validation(channels=1)) == 10 and not seen & {a.tobytes() for a in src.validation(1)}
+
+
+def test_file_shares_split_the_files_and_skip_an_undecodable_one_with_a_line(tmp_path, clean_photos, capsys):
+    for p in sorted(clean_photos.iterdir()):
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "zz-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    src = load_source(str(tmp_path), 3, 0.0, seed=0)
+    assert src.val_files and not set(src.val_files) & set(src.train_files)  # tiny folder: one held out
+    shares = [src.train_share(rank, 2, channels=3) for rank in range(2)]
+    assert all(a.ndim == 3 and a.shape[2] == 3 for share in shares for a in share)
+    broken = [f for f in src.train_files + src.val_files if f.endswith("zz-broken.png")]
+    decoded = sum(len(s) for s in shares) + len(src.validation(3))
+    assert decoded == src.train_count + len(src.val_files) - 1  # every file but the broken one
+    assert f"skipping training file {broken[0]}" in capsys.readouterr().out
+
+
 def test_validation_split_is_deterministic_and_close_to_the_fraction():
     picks = [is_validation(f"img{i}.png", 0.2, 0) for i in range(5000)]
     assert abs(sum(picks) / 5000 - 0.2) < 0.02
