@@ -4,7 +4,7 @@ Same model, data, global batch and epochs in all three, measured in one run: the
 ``--repeats`` times (the plain loop in a fresh process with no Ray running on the machine, Ray Train on
 a fresh local Ray), medians reported. "Loop" samples/s count
 only the training loops (patch sampling, corruption, forward, backward, step); ``fit overhead`` is the
-rest of ``TorchTrainer.fit()`` (Ray start of the controller and workers, dataset split, reporting).
+rest of ``TorchTrainer.fit()`` (Ray start of the controller and workers, each worker reading its share of the data, reporting).
 
     .venv/bin/python bench/train.py --data ../shared/data/mnist --epochs 2
 """
