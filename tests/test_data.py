@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from raeae.data import is_validation, load_idx, load_images, load_source, parse_idx, to_channels
-from raeae.storage import StorageError, strip_scheme
+from raeae.storage import StorageConfig, StorageError, strip_scheme
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
@@ -70,6 +70,20 @@ def test_file_shares_split_the_files_and_skip_an_undecodable_one_with_a_line(tmp
     decoded = sum(len(s) for s in shares) + len(src.validation(3))
     assert decoded == src.train_count + len(src.val_files) - 1  # every file but the broken one
     assert f"skipping training file {broken[0]}" in capsys.readouterr().out
+
+
+def test_a_worker_reads_its_share_from_s3_with_the_credentials_it_was_handed(s3_env, clean_photos, monkeypatch):
+    """Training workers on other nodes do not have the driver's AWS environment: they read with the
+    StorageConfig the driver filled from it (as train() hands it to them)."""
+    s3_env.bucket("trainset")
+    s3_env.upload_dir(clean_photos, "s3://trainset/photos")
+    src = load_source("s3://trainset/photos", 1, 0.0, seed=0)  # one file held out, three to train on
+    storage = StorageConfig().with_environment()
+    for k in s3_env.env():
+        monkeypatch.delenv(k)
+    shares = [src.train_share(rank, 2, channels=1, storage=storage) for rank in range(2)]
+    assert sum(len(s) for s in shares) == src.train_count == len(src.train_files) and all(shares)
+    assert len(src.validation(1, storage)) == len(src.val_files) >= 1
 
 
 def test_validation_split_is_deterministic_and_close_to_the_fraction():
