@@ -3,8 +3,9 @@
 The loop in :func:`train_loop_per_worker` is a plain PyTorch loop cut into small named steps
 (``_train_epoch``, ``_validate``, ``_save``) in the style of pytorch/examples' DDP ``Trainer``:
 
-* each worker gets a shard of the clean images from Ray Data and draws fresh random patches and
-  fresh noise every epoch (:class:`raeae.patches.PatchSampler`, :func:`raeae.corrupt.corrupt`);
+* each worker reads its own share of the clean images (:meth:`raeae.data.TrainingSource.train_share`)
+  and draws fresh random patches and fresh noise every epoch (:class:`raeae.patches.PatchSampler`,
+  :func:`raeae.corrupt.corrupt`);
 * rank 0 restores the held-out images whole, through the same tiling as inference, and reports the
   validation PSNR of the noisy input and of the model every epoch, with a checkpoint;
 * a re-run with the same ``storage_path`` and ``run_name`` resumes from the latest checkpoint
