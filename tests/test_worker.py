@@ -38,4 +38,6 @@ def test_a_worker_reuses_freed_memory_across_forward_passes():
     kept, default = _faults("keep"), _faults("default")
     # 10 passes allocate ~500 MB of activations: by default most of it is fresh, zeroed pages
     assert default > 10_000
-    assert kept < default / 20
+    # Kept, a pass reuses the heap: usually no faults at all. Once, in a fresh-clone CI run, 4,096 (one
+    # 16 MB buffer faulted in again, against 81,600 by default), so the bound is an order of magnitude.
+    assert kept < default / 10
