@@ -9,7 +9,7 @@ See README.md ("Archives with no clean images") for the measured recipe.
 
 import sys
 
-from raeae.cli import main
+from raeae.cli import console
 
 if __name__ == "__main__":
-    sys.exit(main(["archive", *sys.argv[1:]]))
+    sys.exit(console(["archive", *sys.argv[1:]]))

@@ -11,7 +11,7 @@ See README.md ("Running on a Ray cluster") for complete commands.
 
 import sys
 
-from raeae.cli import main
+from raeae.cli import console
 
 if __name__ == "__main__":
-    sys.exit(main(["restore", *sys.argv[1:]]))
+    sys.exit(console(["restore", *sys.argv[1:]]))

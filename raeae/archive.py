@@ -15,11 +15,10 @@ import posixpath
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from raeae.data import to_channels
-from raeae.images import decode
+from raeae.data import read_image, to_channels
 from raeae.model import photo_config
 from raeae.nightly import NightlyConfig, nightly
-from raeae.storage import StorageConfig, list_images, read_bytes, resolve, strip_scheme
+from raeae.storage import StorageConfig, list_images, resolve
 from raeae.train import Preset, Scheme, budget_checks, train
 
 
@@ -69,7 +68,7 @@ def majority_channels(archive: str, storage: StorageConfig, look_at: int = 50) -
     colour = gray = 0
     for f in list_images(archive, storage)[:look_at]:
         try:
-            img = decode(read_bytes(fs, strip_scheme(f["path"])))[0]
+            img = read_image(fs, f["path"])
         except (OSError, ValueError):
             continue
         rgb = to_channels(img, 3 if img.ndim == 3 and img.shape[2] >= 3 else 1)

@@ -208,12 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def console() -> int:
-    """The ``raeae`` console script: :func:`main`, then leave Ray at once (see
-    :func:`raeae.cluster.disconnect`). In-process callers of :func:`main` (tests sharing one Ray) keep
-    their Ray."""
+def console(argv: list[str] | None = None) -> int:
+    """The one way out of a process: the ``raeae`` console script and the ``jobs/*.py`` entrypoints
+    run :func:`main`, then leave Ray at once (see :func:`raeae.cluster.disconnect`). In-process callers
+    of :func:`main` (tests sharing one Ray) keep their Ray."""
     try:
-        return main()
+        return main(argv)
     finally:
         disconnect()
         # Python's final garbage collection at exit walks every object the imports made (Ray, Ray Data,

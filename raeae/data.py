@@ -84,6 +84,14 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return image
 
 
+def read_image(fs: pafs.FileSystem, path: str, channels: int | None = None) -> np.ndarray:
+    """Read and decode one image file (``path`` with or without its scheme) into a uint8 array,
+    converted to ``channels`` (1 or 3) unless None. Raises ``OSError``/``ValueError`` on a file that
+    cannot be read or decoded: each caller keeps its own policy (training skips it, evaluation stops)."""
+    image = decode(read_bytes(fs, strip_scheme(path)))[0]
+    return image if channels is None else to_channels(image, channels)
+
+
 def rows_from_arrays(images: list[np.ndarray] | np.ndarray) -> pa.Table:
     """uint8 arrays (H×W or H×W×C) -> the training row schema."""
     arrs = [a if a.ndim == 3 else a[..., None] for a in images]
@@ -119,7 +127,7 @@ def read_training_files(paths: Sequence[str], channels: int, uri: str, storage: 
 
     def one(path: str) -> np.ndarray | None:
         try:
-            return to_channels(decode(read_bytes(fs, strip_scheme(path)))[0], channels)
+            return read_image(fs, path, channels)
         except (OSError, ValueError) as exc:
             print(f"raeae: skipping training file {path}: {exc}")
             return None
@@ -206,10 +214,9 @@ def load_images(uri: str, channels: int | None = None, storage: StorageConfig = 
     fs, _ = resolve(uri, storage)
     out = []
     for f in list_images(uri, storage)[: limit or None]:
-        img = decode(read_bytes(fs, strip_scheme(f["path"])))[0]
-        if channels is not None:
-            img = to_channels(img, channels)
-            img = img[..., 0] if channels == 1 else img
+        img = read_image(fs, f["path"], channels)
+        if channels == 1:
+            img = img[..., 0]
         out.append((posixpath.basename(f["path"]), img))
     return out
 

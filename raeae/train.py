@@ -14,6 +14,7 @@ The loop in :func:`train_loop_per_worker` is a plain PyTorch loop cut into small
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import os
@@ -33,14 +34,13 @@ from raeae import checkpoint as ckpt
 from raeae.cluster import connect
 from raeae.corrupt import (IMPULSE_SHARE, Noise, NoiseConfig, blind_spot, corrupt, corrupt_with_level,
                            estimate_sigma, impulse_share, masked_mse, recorrupt)
-from raeae.data import find_idx, load_source, to_channels
-from raeae.images import decode
+from raeae.data import find_idx, load_source, read_image
 from raeae.inference import Precision, default_stride
 from raeae.metrics import batch_psnr
 from raeae.model import ModelConfig, build_model, digits_config, parameter_count, photo_config
 from raeae.patches import Blend, PatchSampler, dihedral, restore_tiles
 from raeae.runs import choose_run, write_record
-from raeae.storage import StorageConfig, StorageError, list_images, read_bytes, resolve, strip_scheme, write_bytes
+from raeae.storage import StorageConfig, StorageError, list_images, resolve, write_bytes
 from raeae.worker import prepare_worker
 
 
@@ -723,9 +723,8 @@ def clean_pairs(source, cfg: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]]
     for path in source.val_files:
         if stem(path) not in clean_files:
             continue
-        noisy = to_channels(decode(read_bytes(fs, strip_scheme(path)))[0], cfg.model.channels)
-        ref = to_channels(decode(read_bytes(clean_fs, strip_scheme(clean_files[stem(path)])))[0],
-                          cfg.model.channels)
+        noisy = read_image(fs, path, cfg.model.channels)
+        ref = read_image(clean_fs, clean_files[stem(path)], cfg.model.channels)
         if ref.shape == noisy.shape:
             pairs.append((noisy, ref))
     if not pairs:
@@ -791,6 +790,20 @@ class EpochPrinter:
 HEALTH_CHECK_ENV, HEALTH_CHECK_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
 
 
+@contextlib.contextmanager
+def env_default(name: str, value: str):
+    """``name=value`` in this process's environment while the block runs, unless the user set ``name``;
+    afterwards the environment is as it was (train() is a library call, not only a command)."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 def train(cfg: TrainConfig, verbose: bool = False) -> TrainResult:
     """Train on Ray Train and write the best checkpoint to ``cfg.output``. Joins the running Ray, or
     starts a local one (:func:`raeae.cluster.connect`)."""
@@ -829,8 +842,7 @@ def train(cfg: TrainConfig, verbose: bool = False) -> TrainResult:
           f"{cfg.epochs or 'no'} epoch limit, {budget}")
     if not run.resumed:
         write_record(storage_path, cfg.storage, run.name, cfg.to_dict())
-    os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)
-    with EpochPrinter(cfg) as printer:
+    with env_default(HEALTH_CHECK_ENV, HEALTH_CHECK_S), EpochPrinter(cfg) as printer:
         trainer = TorchTrainer(
             train_loop_per_worker,
             # The source goes through the object store once (an IDX source holds every image); each

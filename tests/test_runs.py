@@ -1,6 +1,7 @@
 """Which run a `raeae train` trains: new by default, resumed only when asked, refused on other settings."""
 
 import json
+import os
 import time
 
 import pytest
@@ -71,3 +72,16 @@ def test_runtime_settings_may_change_between_attempts():
     assert differences(stored, _config(workers=4, gpu=True, cpus_per_worker=8, output="x", failures=5)) == []
     assert differences(stored, _config(epochs=5)) == ["epochs: 0 -> 5"]
     assert json.loads(json.dumps(stored)) == stored  # the record is plain JSON
+
+
+def test_train_sets_rays_health_check_only_while_it_runs_and_never_over_the_users(monkeypatch):
+    from raeae.train import HEALTH_CHECK_ENV, HEALTH_CHECK_S, env_default
+
+    monkeypatch.delenv(HEALTH_CHECK_ENV, raising=False)
+    with env_default(HEALTH_CHECK_ENV, HEALTH_CHECK_S):
+        assert os.environ[HEALTH_CHECK_ENV] == HEALTH_CHECK_S
+    assert HEALTH_CHECK_ENV not in os.environ  # a library call leaves the environment as it found it
+    monkeypatch.setenv(HEALTH_CHECK_ENV, "3")
+    with env_default(HEALTH_CHECK_ENV, HEALTH_CHECK_S):
+        assert os.environ[HEALTH_CHECK_ENV] == "3"
+    assert os.environ[HEALTH_CHECK_ENV] == "3"
