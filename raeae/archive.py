@@ -19,7 +19,7 @@ from raeae.data import read_image, to_channels
 from raeae.model import photo_config
 from raeae.nightly import NightlyConfig, nightly
 from raeae.storage import StorageConfig, list_images, resolve
-from raeae.train import Preset, Scheme, budget_checks, train
+from raeae.train import Preset, Scheme, budget_checks, budget_text, train
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,8 @@ def self_train_and_restore(cfg: ArchiveConfig, verbose: bool = False) -> dict:
     root = cfg.output.rstrip("/")
     model_dir = posixpath.join(root, "_models", run_id)
     channels = cfg.channels or majority_channels(cfg.archive, cfg.storage)
-    budget = " and ".join(([f"{cfg.epochs} epochs"] if cfg.epochs else [])
-                          + ([f"{cfg.max_minutes:g} min"] if cfg.max_minutes else []))
     print(f"raeae archive: step 1/2: learn from the noisy images of {cfg.archive} ({'colour' if channels == 3 else 'gray'} "
-          f"model, up to {cfg.max_images} files, {budget})")
+          f"model, up to {cfg.max_images} files, {budget_text(cfg.epochs, cfg.max_minutes)})")
     recipe = replace(Preset.ARCHIVE.config(), data=cfg.archive, output=model_dir, model=photo_config(channels),
                      scheme=cfg.scheme, noise_sigma=cfg.noise_sigma, max_images=cfg.max_images,
                      epochs=cfg.epochs, max_minutes=cfg.max_minutes, workers=cfg.workers, gpu=cfg.gpu, seed=cfg.seed,

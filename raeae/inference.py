@@ -112,8 +112,9 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
     or by default each image's own estimate (:func:`noise_level_of`); ``on_sigma``, if given, receives
     the σ each image was told, in order (None for a model that takes none)."""
     cfg = model.config
-    # batch_size counts the network's rows: an opponent-colour model runs each tile as three
-    batch_size = max(1, batch_size // cfg.rows_per_patch)
+    # batch_size counts the network's rows (the unit of --tile-batch, what sizes the activations); an
+    # opponent-colour model runs each tile as three, so a pass holds a third as many of its tiles
+    tiles_per_pass = max(1, batch_size // cfg.rows_per_patch)
     stride = stride or default_stride(cfg.patch_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     window = blend.window(cfg.patch_size)
@@ -144,8 +145,8 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
         # each tile is told its own image's noise level (noise_input models; else there is none)
         lv = (torch.cat([torch.full((grid.count,), levels[i], device=device) for i, _, grid in pack])
               if model.config.noise_input else None)
-        out = torch.cat([fn(x[j:j + batch_size], None if lv is None else lv[j:j + batch_size])
-                         for j in range(0, x.shape[0], batch_size)])
+        out = torch.cat([fn(x[j:j + tiles_per_pass], None if lv is None else lv[j:j + tiles_per_pass])
+                         for j in range(0, x.shape[0], tiles_per_pass)])
         start = 0
         for i, batch, grid in pack:
             results[i] = prepared[i][1](grid.blend(out[start:start + grid.count], batch, window))
@@ -156,8 +157,8 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
         grid = TileGrid.of(batch, cfg.patch_size, stride)
         if ensemble or grid.count > pack_tiles:
             def one(b: torch.Tensor, level=levels[i]) -> torch.Tensor:
-                return restore_tiles(lambda t: fn(t, level), b, cfg.patch_size, stride, batch_size=batch_size,
-                                     blend=blend)
+                return restore_tiles(lambda t: fn(t, level), b, cfg.patch_size, stride,
+                                     batch_size=tiles_per_pass, blend=blend)
             out = (sum(inv(one(fwd(batch))) for fwd, inv in _dihedral_views(batch)) / 8) if ensemble else one(batch)
             results[i] = finish(out)
             continue

@@ -180,7 +180,7 @@ class TileGrid:
 
 
 def run_chunks(fn: PatchFn, flat: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``fn`` over ``flat`` in chunks of ``batch_size`` rows (bounds the activations' memory)."""
+    """``fn`` over ``flat`` in chunks of ``batch_size`` of its rows (tiles; bounds the activations' memory)."""
     return torch.cat([fn(flat[i:i + batch_size]) for i in range(0, flat.shape[0], batch_size)])
 
 
@@ -190,7 +190,9 @@ def restore_tiles(fn: PatchFn, image: torch.Tensor, patch: int, stride: int,
 
     The image is replicate-padded on the bottom/right so the tile grid covers it, so any size from
     1×1 works. Where tiles overlap their outputs are averaged, weighted by ``blend``'s window. With an
-    identity ``fn`` the result is the input (up to float rounding). At most ``max_tiles`` tiles are
+    identity ``fn`` the result is the input (up to float rounding). ``fn`` gets at most ``batch_size``
+    tiles a call (tiles, not network rows: :func:`raeae.inference.restore_arrays` converts its
+    ``--tile-batch`` rows for a model that runs a tile as several rows). At most ``max_tiles`` tiles are
     held at once: 8,192 colour tiles of 13×13 are 16.6 MB, below the 32 MB up to which a raeae
     worker's allocator reuses freed memory (:mod:`raeae.worker`), where bands of 65,536
     tiles (133 MB) were each a fresh ``mmap``, zeroed by the kernel page by page.

@@ -148,6 +148,15 @@ def _alive_node_resources() -> list[dict]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
+def wanted_actors(cfg: RestoreConfig, nodes: list[dict]) -> int:
+    """Model actors for a collection with work for all of them: --actors, else one per GPU with --gpu,
+    else one per CPU (see :func:`plan_stages`)."""
+    if cfg.actors:
+        return cfg.actors
+    key = "GPU" if cfg.gpu else "CPU"
+    return max(1, int(sum(n.get(key, 0.0) for n in nodes)))
+
+
 def plan_stages(cfg: RestoreConfig, nodes: list[dict], batches: int) -> Plan:
     """The stage layout from the config and the cluster (``nodes``: each alive node's resources).
 
@@ -176,7 +185,7 @@ def plan_stages(cfg: RestoreConfig, nodes: list[dict], batches: int) -> Plan:
     fused = cfg.layout is Layout.FUSED or (cfg.layout is Layout.AUTO and not cfg.gpu)
     node_cpus = [n.get("CPU", 0.0) for n in nodes if n.get("CPU", 0.0) > 0] or [cpus]
     smallest = min(node_cpus)
-    actors = max(1, min(batches, cfg.actors or (int(gpus) if cfg.gpu else int(cpus))))
+    actors = max(1, min(batches, wanted_actors(cfg, nodes)))
     if cfg.cpus_per_actor:
         actor_cpus = cfg.cpus_per_actor
     elif cfg.gpu:
@@ -230,10 +239,9 @@ def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: 
     import ray.data
 
     nodes = _alive_node_resources()
-    plan = plan_stages(cfg, nodes, len(files))
-    units = work_units(files, cfg.batch_size, plan.actors)
-    if len(units) < plan.actors:
-        plan = plan_stages(cfg, nodes, len(units))
+    # units sized for every actor the cluster offers; then no more actors than units
+    units = work_units(files, cfg.batch_size, wanted_actors(cfg, nodes))
+    plan = plan_stages(cfg, nodes, len(units))
     # from_blocks, not from_arrow: from_arrow runs a remote task per block (per unit) for its metadata
     # and waits for them, on worker processes that a fresh local Ray is still starting; from_blocks
     # takes the metadata from the listing tables here

@@ -73,6 +73,11 @@ def budget_checks(epochs: int, max_minutes: float) -> list[tuple[bool, str]]:
              "give --epochs or --max-minutes (or both): with neither, training would never stop")]
 
 
+def budget_text(epochs: int, max_minutes: float) -> str:
+    """A training budget as the commands print it, e.g. ``"no epoch limit, 1.5 min"``."""
+    return f"{epochs or 'no'} epoch limit, " + (f"{max_minutes:g} min" if max_minutes else "no time limit")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs. Model and noise are nested configs stored in checkpoints.
@@ -830,7 +835,6 @@ def train(cfg: TrainConfig, verbose: bool = False) -> TrainResult:
     connect(verbose)
     cfg = replace(cfg, cpus_per_worker=cfg.cpus_per_worker or auto_cpus_per_worker(
         cfg.workers, [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]))
-    budget = f"{cfg.max_minutes:g} min" if cfg.max_minutes else "no time limit"
     m = cfg.model
     planes = " on each of 3 opponent colour planes" if m.planes else ""
     told = "+σ" if m.noise_input else ""  # the noise level, one more input
@@ -839,7 +843,7 @@ def train(cfg: TrainConfig, verbose: bool = False) -> TrainResult:
           f"({parameter_count(build_model(m)):,} parameters){'; from ' + cfg.init if cfg.init else ''}")
     print(f"raeae train: run {run.name} ({'resumed at epoch ' + str(run.epoch) if run.resumed else 'new'}), "
           f"{cfg.workers} worker(s) x {cfg.cpus_per_worker:g} CPU{' + GPU' if cfg.gpu else ''}, "
-          f"{cfg.epochs or 'no'} epoch limit, {budget}")
+          f"{budget_text(cfg.epochs, cfg.max_minutes)}")
     if not run.resumed:
         write_record(storage_path, cfg.storage, run.name, cfg.to_dict())
     with env_default(HEALTH_CHECK_ENV, HEALTH_CHECK_S), EpochPrinter(cfg) as printer:
