@@ -24,7 +24,7 @@ GRAY = rng.integers(0, 256, (21, 13), dtype=np.uint8)
     (enc(Image.fromarray(GRAY), "PNG"), "L", (21, 13)),
     (enc(Image.fromarray(RGB), "PNG"), "RGB", (21, 13, 3)),
     (enc(Image.fromarray(np.dstack([RGB, GRAY])), "PNG"), "RGBA", (21, 13, 4)),
-    (enc(Image.fromarray(np.dstack([GRAY, GRAY])).convert("LA") if False else Image.fromarray(GRAY).convert("LA"), "PNG"), "LA", (21, 13, 2)),
+    (enc(Image.fromarray(GRAY).convert("LA"), "PNG"), "LA", (21, 13, 2)),
     (enc(Image.fromarray(RGB).convert("P"), "PNG", transparency=0), "P", (21, 13, 4)),
     (enc(Image.fromarray(RGB).convert("P"), "PNG"), "P", (21, 13, 3)),
     (enc(Image.fromarray((GRAY.astype(np.uint16) * 257)), "PNG"), "I;16", (21, 13)),

@@ -38,8 +38,7 @@ def test_three_nights_restore_new_and_changed_exactly_once(ray_session, tmp_path
     assert nightly(NightlyConfig(**{**cfg.__dict__, "run_id": "n2"}))["seq"] == night2["seq"]  # committed: no-op
     table = read_restored(str(out))
     assert len(table) == 8 and len(set(table["path"].to_pylist())) == 8
-    a3 = table.filter(table["path"] == str(archive / "a3.png")) if False else [r for r in table.to_pylist()
-                                                                              if r["path"].endswith("a3.png")]
+    a3 = [r for r in table.to_pylist() if r["path"] == str(archive / "a3.png")]
     assert len(a3) == 1 and (a3[0]["height"], a3[0]["width"]) == (44, 30)
     again = nightly(NightlyConfig(**{**cfg.__dict__, "run_id": "n4", "reprocess": True}))
     assert again["inputs_restored"] == 8 and len(read_restored(str(out))) == 8
