@@ -57,13 +57,14 @@ def flops_per_tile(model) -> int:
     return sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def matmul_bound(device: torch.device, bf16: bool, k: int, n: int, seconds: float) -> float:
-    """TFLOP/s of (65536 × k) @ (k × n) on this device: what the model's layers could reach at best."""
+def matmul_bound(device: torch.device, bf16: bool, rows: int, k: int, n: int, seconds: float) -> float:
+    """TFLOP/s of (rows × k) @ (k × n) on this device: what the model's layers could reach at best on a
+    batch of ``rows`` tiles."""
     dtype = torch.bfloat16 if bf16 else torch.float32
-    a = torch.randn(65536, k, device=device, dtype=dtype)
+    a = torch.randn(rows, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
     calls, s = timed(lambda: a @ b, device, seconds)
-    return 2 * 65536 * k * n * calls / s / 1e12
+    return 2 * rows * k * n * calls / s / 1e12
 
 
 def main(argv=None) -> int:
@@ -71,7 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seconds", type=float, default=5.0, help="time per measurement")
     p.add_argument("--images", type=int, default=512, help="64×64 images per restore call")
-    p.add_argument("--tiles", type=int, default=65536, help="tiles per forward pass (forward-only rows)")
+    p.add_argument("--tiles", type=int, default=65536, help="tiles per forward pass (forward-only rows, and "
+                                                             "the rows of the matrix-multiply bound)")
     p.add_argument("--train-batch", type=int, default=256, help="patches per training step (TrainConfig default)")
     p.add_argument("--json", default="", help="also write the results here")
     a = p.parse_args(argv)
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
     rows = []
     for bf16 in (False, True):
         label = "bf16 autocast" if bf16 else "fp32"
-        bound = matmul_bound(device, bf16, widest.in_features, widest.out_features, a.seconds)
+        bound = matmul_bound(device, bf16, a.tiles, widest.in_features, widest.out_features, a.seconds)
         with torch.inference_mode():
             x = torch.rand(a.tiles, cfg.features, device=device)
             with autocast(device, bf16):

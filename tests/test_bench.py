@@ -77,3 +77,18 @@ def test_bench_levers(ray_session, tmp_path):
     copy_samples(tmp_path / "test", ("camera.png",))
     out = run_bench(ray_session, "levers.py", "--test", str(tmp_path / "test"), "--limit", "1")
     assert out.count("| flat") == 3 and "| gaussian s6 |" in out and "| gaussian s3 ensemble |" in out
+
+
+def test_gpu_check_runs_on_a_machine_with_torch_alone(tmp_path):
+    """bench/gpu_check.py is for the device machine, which has torch but neither Ray nor pyarrow: here it
+    runs on the CPU, at toy sizes, with both imports made to fail."""
+    runner = ("import runpy, sys; sys.modules['ray'] = sys.modules['pyarrow'] = None; "
+              "sys.argv = ['gpu_check.py', *sys.argv[1:]]; "
+              f"runpy.run_path({str(ROOT / 'bench' / 'gpu_check.py')!r}, run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", runner, "--device", "cpu", "--seconds", "0.05", "--images", "4",
+                        "--tiles", "256", "--train-batch", "8", "--json", str(tmp_path / "g.json")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "| fp32 |" in r.stdout and "| bf16 autocast |" in r.stdout and "train step (fp32" in r.stdout
+    result = json.loads((tmp_path / "g.json").read_text())
+    assert result["device"] == "CPU" and result["fp32"]["restore_mp_s"] > 0 and result["train_samples_s"] > 0
