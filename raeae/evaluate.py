@@ -185,9 +185,10 @@ def evaluate_restored(cfg: EvaluateConfig, printer: Callable[[str], None] = prin
     """PSNR/SSIM of an existing restore or nightly output against clean references."""
     import posixpath
 
+    from raeae.data import read_image
     from raeae.images import decode
     from raeae.nightly import read_restored
-    from raeae.storage import read_bytes, resolve
+    from raeae.storage import resolve
 
     if not cfg.data:
         raise ValueError("--data (the clean references) is required")
@@ -201,7 +202,7 @@ def evaluate_restored(cfg: EvaluateConfig, printer: Callable[[str], None] = prin
         if status != "ok" or ref is None:
             continue
         src_fs, src = resolve(path, cfg.storage)
-        noisy, out = decode(read_bytes(src_fs, src))[0], decode(png)[0]
+        noisy, out = read_image(src_fs, src), decode(png)[0]
         if noisy.shape != ref.shape:
             continue
         matched += 1

@@ -108,8 +108,3 @@ def join_alpha(image: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
 
 def channels(image: np.ndarray) -> int:
     return 1 if image.ndim == 2 else int(image.shape[2])
-
-
-def read_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    with open(path, "rb") as f:
-        return decode(f.read(), max_pixels)[0]
