@@ -20,12 +20,11 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pyarrow.fs as pafs
-
 from raeae.settings import default_stride
 from raeae.storage import StorageConfig, StorageError, explain, read_bytes, resolve
 
 if TYPE_CHECKING:
+    import pyarrow.fs as pafs
     import torch
 
     from raeae.model import DenseAutoencoder, ModelConfig
@@ -63,6 +62,8 @@ def save(state: dict, directory: str) -> str:
 
 
 def _locate(uri: str, storage: StorageConfig) -> tuple[pafs.FileSystem, str]:
+    import pyarrow.fs as pafs  # here, not at the top: see raeae.storage
+
     fs, path = resolve(uri, storage)
     try:
         info = fs.get_file_info(path)

@@ -15,14 +15,17 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.fs as pafs
 from PIL import Image
 
 from raeae.images import decode
 from raeae.storage import StorageConfig, StorageError, explain, list_images, read_bytes, resolve, strip_scheme
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.fs as pafs
 
 IDX_UBYTE_IMAGES = 0x00000803  # IDX magic: unsigned bytes, 3 dimensions (N, rows, cols)
 
@@ -44,6 +47,8 @@ def parse_idx(data: bytes) -> np.ndarray:
 
 def find_idx(uri: str, split: str, storage: StorageConfig = StorageConfig()) -> str | None:
     """Path of the ``train`` or ``t10k`` images IDX file under ``uri``, or None if it holds none."""
+    import pyarrow.fs as pafs  # here, not at the top: see raeae.storage
+
     fs, path = resolve(uri, storage)
     try:
         info = fs.get_file_info(path)
@@ -94,6 +99,8 @@ def read_image(fs: pafs.FileSystem, path: str, channels: int | None = None) -> n
 
 def rows_from_arrays(images: list[np.ndarray] | np.ndarray) -> pa.Table:
     """uint8 arrays (H×W or H×W×C) -> the training row schema."""
+    import pyarrow as pa  # here, not at the top: see raeae.storage
+
     arrs = [a if a.ndim == 3 else a[..., None] for a in images]
     return pa.table({
         "pixels": pa.array([np.ascontiguousarray(a).tobytes() for a in arrs], type=pa.binary()),

@@ -17,7 +17,7 @@ from raeae.corrupt import noise_level
 from raeae.images import join_alpha, split_alpha
 from raeae.model import DenseAutoencoder
 from raeae.patches import TileGrid, restore_tiles
-from raeae.settings import Blend, Precision, default_stride, fast_bf16  # noqa: F401 - re-exported
+from raeae.settings import TILE_BATCH, Blend, Precision, default_stride, fast_bf16  # noqa: F401 - re-exported
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -93,7 +93,7 @@ PACK_TILES = 8192
 
 @torch.inference_mode()
 def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: int | None = None,
-                   batch_size: int = 4096, device: torch.device | str | None = None,
+                   batch_size: int = TILE_BATCH, device: torch.device | str | None = None,
                    blend: Blend = Blend.GAUSSIAN, ensemble: bool = False,
                    pack_tiles: int = PACK_TILES, precision: Precision = Precision.AUTO,
                    on_forward: Callable[[float], None] | None = None,
@@ -195,7 +195,7 @@ def _level(model: DenseAutoencoder, image: np.ndarray, sigma: float | None) -> f
 
 
 def restore_array(model: DenseAutoencoder, image: np.ndarray, stride: int | None = None,
-                  batch_size: int = 4096, device: torch.device | str | None = None,
+                  batch_size: int = TILE_BATCH, device: torch.device | str | None = None,
                   blend: Blend = Blend.GAUSSIAN, ensemble: bool = False,
                   precision: Precision = Precision.AUTO, noise_level: float | None = None) -> np.ndarray:
     """Restore a uint8 image (H×W, H×W×1..4) of any size; returns uint8 of the same shape. With

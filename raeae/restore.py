@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from raeae import checkpoint as ckpt
 from raeae.cluster import connect, show_progress
 from raeae.images import DEFAULT_MAX_PIXELS
-from raeae.settings import Blend, Layout, Precision
+from raeae.settings import TILE_BATCH, Blend, Layout, Precision
 from raeae.stages import FusedStage, ModelStage, decode_batch, encode_batch
 from raeae.storage import StorageConfig, StorageError, explain, list_images, resolve, write_bytes
 
@@ -86,7 +86,7 @@ class RestoreConfig:
                 "also at most ~4 MB of files, less toward the end of the list so the actors finish "
                 "together); a model call packs their tiles into shared forward passes "
                 "(a 64x64 image alone is ~100 tiles, too few for an efficient matrix multiply)"})
-    tile_batch: int = field(default=4096, metadata={
+    tile_batch: int = field(default=TILE_BATCH, metadata={
         "help": "rows of the network per forward pass (a tile is one row; three for the colour model, "
                 "one per plane); 4096 rows of its 1024-wide layers are 16 MB, memory the actors reuse "
                 "from pass to pass (4096 colour tiles were 12,288 rows, 48 MB a layer, fresh pages "

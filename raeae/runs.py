@@ -14,11 +14,13 @@ import posixpath
 import secrets
 import time
 from dataclasses import dataclass
-
-import pyarrow.fs as pafs
+from typing import TYPE_CHECKING
 
 from raeae import checkpoint as ckpt
 from raeae.storage import StorageConfig, StorageError, explain, read_bytes, resolve, write_bytes
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 RECORD = "raeae_run.json"
 # Settings that may change between attempts of one run: where things go and how many resources it
@@ -55,6 +57,8 @@ def _root(storage_path: str, storage: StorageConfig) -> tuple[pafs.FileSystem, s
 
 
 def _dirs(fs: pafs.FileSystem, path: str) -> list[str]:
+    import pyarrow.fs as pafs  # here, not at the top: see raeae.storage
+
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
     except OSError as exc:
@@ -63,6 +67,8 @@ def _dirs(fs: pafs.FileSystem, path: str) -> list[str]:
 
 
 def read_record(fs: pafs.FileSystem, root: str, name: str) -> dict | None:
+    import pyarrow.fs as pafs  # here, not at the top: see raeae.storage
+
     path = posixpath.join(root, name, RECORD)
     try:
         if fs.get_file_info(path).type != pafs.FileType.File:

@@ -21,6 +21,11 @@ def default_stride(patch: int) -> int:
     return max(1, patch // 2)
 
 
+# Rows of the network per forward pass: the default of restore's --tile-batch (why 4096: its help in
+# raeae.restore.RestoreConfig) and of the torch code's batch_size, kept here so both name one number.
+TILE_BATCH = 4096
+
+
 class Blend(enum.Enum):
     """How overlapping tiles' outputs are averaged into one pixel."""
 

@@ -5,6 +5,9 @@ bytes in our own tasks, and ``write_parquet``. S3 credentials and endpoint come 
 environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_REGION``)
 unless :class:`StorageConfig` overrides them. Any fsspec filesystem can also be used through
 :func:`from_fsspec`.
+
+pyarrow is imported by the functions that reach a filesystem, not by this module: the training step
+and the model code import without it (``bench/gpu_check.py`` runs them on a machine with torch alone).
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from __future__ import annotations
 import os
 import posixpath
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import pyarrow.fs as pafs
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
 
@@ -55,6 +60,8 @@ class StorageConfig:
 
 
 def _s3(config: StorageConfig) -> pafs.S3FileSystem:
+    import pyarrow.fs as pafs
+
     endpoint = config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
     kwargs: dict = {"region": config.region or os.environ.get("AWS_REGION")
                     or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
@@ -81,6 +88,8 @@ def _s3(config: StorageConfig) -> pafs.S3FileSystem:
 
 def resolve(uri: str, config: StorageConfig = StorageConfig()) -> tuple[pafs.FileSystem, str]:
     """Return ``(filesystem, path)`` for a URI: local path, ``file://``, ``s3://``, ``gs://``, ``hdfs://``…"""
+    import pyarrow.fs as pafs
+
     if not uri:
         raise StorageError("empty path")
     scheme = urlparse(uri).scheme
@@ -100,6 +109,8 @@ def resolve(uri: str, config: StorageConfig = StorageConfig()) -> tuple[pafs.Fil
 
 def from_fsspec(fs) -> pafs.FileSystem:
     """Wrap any fsspec filesystem so Ray Data and our readers can use it."""
+    import pyarrow.fs as pafs
+
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
@@ -129,6 +140,8 @@ def list_images(uri: str, config: StorageConfig = StorageConfig(),
     A single file URI lists just that file. Raises :class:`StorageError` with one clear line when the
     location does not exist or cannot be reached.
     """
+    import pyarrow.fs as pafs
+
     fs, path = resolve(uri, config)
     try:
         info = fs.get_file_info(path)
