@@ -15,7 +15,7 @@ import posixpath
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from raeae.data import read_image, to_channels
+from raeae.data import read_image
 from raeae.model import photo_config
 from raeae.nightly import NightlyConfig, nightly
 from raeae.storage import StorageConfig, list_images, resolve
@@ -71,8 +71,8 @@ def majority_channels(archive: str, storage: StorageConfig, look_at: int = 50) -
             img = read_image(fs, f["path"])
         except (OSError, ValueError):
             continue
-        rgb = to_channels(img, 3 if img.ndim == 3 and img.shape[2] >= 3 else 1)
-        colour, gray = colour + (rgb.shape[2] == 3), gray + (rgb.shape[2] == 1)
+        is_colour = img.ndim == 3 and img.shape[2] >= 3  # RGB(A); L and LA are gray, as restore sees them
+        colour, gray = colour + is_colour, gray + (not is_colour)
     return 3 if colour > gray else 1
 
 

@@ -150,11 +150,14 @@ def _alive_node_resources() -> list[dict]:
 
 def wanted_actors(cfg: RestoreConfig, nodes: list[dict]) -> int:
     """Model actors for a collection with work for all of them: --actors, else one per GPU with --gpu,
-    else one per CPU (see :func:`plan_stages`)."""
+    else one per CPU (see :func:`plan_stages`). Refuses --gpu on a cluster without GPUs, before any work
+    is planned."""
+    gpus = sum(n.get("GPU", 0.0) for n in nodes)
+    if cfg.gpu and gpus < 1:
+        raise ValueError("--gpu was given but the Ray cluster has no GPUs")
     if cfg.actors:
         return cfg.actors
-    key = "GPU" if cfg.gpu else "CPU"
-    return max(1, int(sum(n.get(key, 0.0) for n in nodes)))
+    return max(1, int(gpus if cfg.gpu else sum(n.get("CPU", 0.0) for n in nodes)))
 
 
 def plan_stages(cfg: RestoreConfig, nodes: list[dict], batches: int) -> Plan:
@@ -179,9 +182,6 @@ def plan_stages(cfg: RestoreConfig, nodes: list[dict], batches: int) -> Plan:
     fit beside them (a reservation of every CPU stalls them, and then every restored block waits in
     the object store). Never more actors than batches: an idle actor only costs its start-up."""
     cpus = sum(n.get("CPU", 0.0) for n in nodes) or 1.0
-    gpus = sum(n.get("GPU", 0.0) for n in nodes)
-    if cfg.gpu and gpus < 1:
-        raise ValueError("--gpu was given but the Ray cluster has no GPUs")
     fused = cfg.layout is Layout.FUSED or (cfg.layout is Layout.AUTO and not cfg.gpu)
     node_cpus = [n.get("CPU", 0.0) for n in nodes if n.get("CPU", 0.0) > 0] or [cpus]
     smallest = min(node_cpus)

@@ -209,3 +209,20 @@ def test_archive_config_refuses_a_budget_that_never_ends_or_is_negative(kwargs, 
 
     with pytest.raises(ValueError, match=words):
         ArchiveConfig(archive="a", output="b", **kwargs)
+
+
+def test_the_archive_model_is_colour_when_most_images_are_colour_as_restore_sees_them(tmp_path):
+    from raeae.archive import majority_channels
+    from raeae.storage import StorageConfig
+
+    def save(name: str, mode: str) -> None:
+        Image.new(mode, (8, 8)).save(tmp_path / name)
+
+    save("a.png", "RGB")
+    save("b.png", "RGBA")
+    save("c.png", "L")
+    save("d.png", "LA")  # gray with alpha: restore sends it to the gray model
+    (tmp_path / "e.png").write_bytes(b"not an image")  # skipped, not counted
+    assert majority_channels(str(tmp_path), StorageConfig()) == 1  # 2 colour, 2 gray: a tie is gray
+    save("f.png", "P")  # a palette image decodes to RGB
+    assert majority_channels(str(tmp_path), StorageConfig()) == 3

@@ -206,11 +206,16 @@ def test_stage_plan_follows_the_cluster(nodes, kw, expect):
 
 
 def test_stage_plan_never_starts_more_actors_than_units_nor_a_gpu_actor_without_gpus():
-    from raeae.restore import RestoreConfig, plan_stages
+    from raeae.restore import RestoreConfig, plan_stages, wanted_actors
 
     assert plan_stages(RestoreConfig(), [{"CPU": 8.0}], batches=3).actors == 3
     with pytest.raises(ValueError, match="no GPUs"):
         plan_stages(RestoreConfig(gpu=True), [{"CPU": 8.0}], batches=3)
+    # run_pipeline asks wanted_actors first (to size the work units): it refuses before any work is cut
+    with pytest.raises(ValueError, match="no GPUs"):
+        wanted_actors(RestoreConfig(gpu=True, actors=2), [{"CPU": 8.0}])
+    assert wanted_actors(RestoreConfig(gpu=True), [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 2.0}]) == 3
+    assert wanted_actors(RestoreConfig(), [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 4.0}]) == 12
 
 
 def test_rows_record_the_noise_level_the_model_was_told(tmp_path, trained_checkpoint):
