@@ -36,8 +36,11 @@ def _faults(mode: str) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_a_worker_reuses_freed_memory_across_forward_passes():
     kept, default = _faults("keep"), _faults("default")
-    # 10 passes allocate ~500 MB of activations: by default most of it is fresh, zeroed pages
-    assert default > 10_000
-    # Kept, a pass reuses the heap: usually no faults at all. Once, in a fresh-clone CI run, 4,096 (one
-    # 16 MB buffer faulted in again, against 81,600 by default), so the bound is an order of magnitude.
-    assert kept < default / 10
+    # 10 passes allocate ~500 MB of activations (~128,000 pages). Kept, a pass reuses the heap: usually
+    # no faults at all; once, in a fresh-clone CI run, 4,096 (one 16 MB buffer faulted in again). So
+    # the bound is about one buffer, whatever else the process did before.
+    assert kept <= 5_000, kept
+    # By default glibc hands freed buffers back and faults them in again: 81,600 in most runs, but its
+    # dynamic mmap threshold (which rises after a freed mmap) kept more in one CI run (9,568). Either
+    # way at least a whole buffer more than kept, which is what this test needs to mean anything.
+    assert default >= kept + 4_096, (kept, default)
