@@ -31,7 +31,7 @@ import torch
 from raeae import checkpoint as ckpt
 from raeae.inference import PACK_TILES, restore_arrays
 from raeae.model import build_model
-from raeae.settings import TILE_BATCH, Precision, fast_bf16
+from raeae.settings import TILE_BATCH, Precision
 from raeae.train import Clock, EpochTrainer, TrainConfig, make_sampler
 
 
@@ -151,8 +151,7 @@ def main(argv=None) -> int:
     if a.train_batch:
         train_cfg = replace(train_cfg, batch_size=a.train_batch)
     results["train_samples_s"] = train_samples_per_s(train_cfg, device, a.seconds)
-    results["train_bf16"] = train_cfg.precision is Precision.BF16 or (train_cfg.precision is Precision.AUTO
-                                                                      and fast_bf16(device))
+    results["train_bf16"] = train_cfg.precision.bf16_on(device)
     print(f"\n| precision | restore MP/s (64×64 images, --tile-batch {TILE_BATCH}) | restore MP/s ({a.tiles}-row "
           "passes) | forward Mtiles/s | forward TFLOP/s | matmul bound TFLOP/s | share of bound |\n"
           "|---|---:|---:|---:|---:|---:|---:|")

@@ -71,12 +71,15 @@ class Precision(enum.Enum):
     FP32 = "fp32"
     BF16 = "bf16"
 
+    def bf16_on(self, device: "torch.device") -> bool:
+        """Whether this setting asks for bfloat16 on ``device``."""
+        return self is Precision.BF16 or (self is Precision.AUTO and fast_bf16(device))
+
     def autocast(self, device: "torch.device"):
         """The context the forward passes run in."""
         import torch
 
-        bf16 = self is Precision.BF16 or (self is Precision.AUTO and fast_bf16(device))
-        if bf16 and torch.amp.is_autocast_available(device.type):
+        if self.bf16_on(device) and torch.amp.is_autocast_available(device.type):
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
