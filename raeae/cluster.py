@@ -159,4 +159,25 @@ def disconnect() -> None:
     lines, which a command that has already printed its summary does not need."""
     ray = sys.modules.get("ray")  # a command that never touched Ray does not pay its import here
     if ray is not None and ray.is_initialized():
+        _stop_monitor_first()
         ray.shutdown()
+
+
+def _stop_monitor_first() -> None:
+    """Stop the autoscaler monitor of a local Ray this process started, before ``ray.shutdown``.
+
+    ``ray.shutdown`` stops the local Ray's processes one kind at a time, the GCS before the monitor.
+    The monitor's SIGTERM handler then tries to report its own exit to the GCS that is gone, and is
+    killed only after a 1 s grace: measured, 1.02 s of shutdown's 1.34 s, on every command that used
+    Ray (ray-project/ray#30672 fixed this order for ``ray stop``, not for ``ray.shutdown``). A local
+    Ray started for one command has no autoscaling to wind down, so its monitor is simply killed
+    first. The node object is Ray's private API: where it is missing or changed, shutdown is merely
+    slower, so any surprise here is ignored."""
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        if node is not None and node.is_head():  # None or not head: joined a cluster, which stays up
+            node.kill_monitor(check_alive=False)
+    except Exception:  # noqa: BLE001 - an optimisation of Ray's shutdown, never a reason to fail
+        pass

@@ -93,3 +93,36 @@ def test_stale_recorded_address_costs_seconds_not_minutes(tmp_path, trained_chec
     assert "Traceback" not in p.stderr
     print(f"restore with a stale recorded address: {seconds:.1f} s")
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+# A fresh process with its own local Ray: stop its monitor as the `raeae` commands do before
+# ray.shutdown, and show it went first (the GCS still up), then that the shutdown leaves nothing behind.
+MONITOR_FIRST = """
+import os, sys
+from raeae.cluster import _stop_monitor_first, connect, disconnect
+from ray._private import worker
+connect()
+node = worker._global_node
+monitor, gcs = (node.all_processes[kind][0].process for kind in ("monitor", "gcs_server"))
+_stop_monitor_first()
+print("monitor", "stopped" if monitor.poll() is not None else "running",
+      "gcs", "running" if gcs.poll() is None else "stopped")
+pids = [info.process.pid for infos in node.all_processes.values() for info in infos]
+disconnect()
+alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "zombie" not in open(f"/proc/{p}/status").read()]
+print("left", alive)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_commands_local_ray_stops_its_monitor_before_the_gcs(tmp_path):
+    """ray.shutdown stops the GCS before the autoscaler's monitor, whose SIGTERM handler then waits on
+    the gone GCS for a 1 s grace (see raeae.cluster._stop_monitor_first); the commands stop it first."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay short
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = str(ray_tmp)
+    p = subprocess.run([sys.executable, "-c", MONITOR_FIRST], env=env, capture_output=True, text=True,
+                       timeout=120)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert p.returncode == 0, p.stderr
+    assert "monitor stopped gcs running" in p.stdout and "left []" in p.stdout, p.stdout + p.stderr
