@@ -263,3 +263,23 @@ def test_outputs_written_before_a_column_was_added_read_it_as_null(tmp_path):
         assert table.schema == SCHEMA and table["noise_sigma"].to_pylist() == [None]
         assert read_restored(str(out), columns=["path", "noise_sigma"]).to_pylist() == [
             {"path": "/a.png", "noise_sigma": None}]
+
+
+def test_parquet_files_are_large_for_a_large_collection_and_a_quarter_of_a_small_one(capsys):
+    from raeae.restore import FILE_BYTES, MIN_FILE_BYTES, RestoreConfig, _file_bytes
+
+    MB, node = 2**20, [{"CPU": 2.0, "object_store_memory": 8 * 2**30}]
+    # by default: 128 MB files for a large collection, so a 10 GB one makes ~80 files, not thousands
+    assert _file_bytes(RestoreConfig(), node, 10 * 2**30) == FILE_BYTES == 128 * MB
+    # a 31 MB collection gathers a quarter of its bytes per file: the first write starts mid-run
+    assert _file_bytes(RestoreConfig(), node, 31 * MB) == 31 * MB // 4
+    assert _file_bytes(RestoreConfig(), node, 1000) == MIN_FILE_BYTES  # one image: one file
+    # a small object store caps the default quietly (nobody asked for a size) ...
+    assert _file_bytes(RestoreConfig(), [{"object_store_memory": 80 * MB}], 10 * 2**30) == 10 * MB
+    assert capsys.readouterr().out == ""
+    # ... and an explicit --file-mb is taken as given, capped with a note
+    assert _file_bytes(RestoreConfig(file_mb=3), node, 10 * 2**30) == 3 * MB
+    assert _file_bytes(RestoreConfig(file_mb=1000), [{"object_store_memory": 80 * MB}], 31 * MB) == 10 * MB
+    assert "not --file-mb 1000" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="file_mb must be >= 0"):
+        RestoreConfig(file_mb=-1)
