@@ -306,15 +306,16 @@ def _file_bytes(cfg: RestoreConfig, nodes: list[dict], input_bytes: int) -> int:
     --file-mb 1000 hung)."""
     stores = [n.get("object_store_memory", 0.0) for n in nodes]
     limit = int(min(stores) / 8) if stores and min(stores) > 0 else None
-    if not cfg.file_mb:
+    if cfg.file_mb:
+        wanted = int(cfg.file_mb * 2**20)
+    else:
         wanted = min(FILE_BYTES, max(MIN_FILE_BYTES, input_bytes // WRITES_PER_RUN))
-        return max(1, min(wanted, limit)) if limit is not None else wanted
-    wanted = int(cfg.file_mb * 2**20)
-    if limit is not None and wanted > limit:
+    if limit is None or wanted <= limit:
+        return wanted
+    if cfg.file_mb:  # the default is capped quietly: nobody asked for a size
         print(f"raeae restore: note: Parquet files gather {limit / 2**20:.0f} MB, not --file-mb "
               f"{cfg.file_mb:g}: the object store ({min(stores) / 2**20:.0f} MB per node) is too small")
-        return max(1, limit)
-    return wanted
+    return max(1, limit)
 
 
 def parquet_files(fs: pafs.FileSystem, path: str) -> list[str]:

@@ -98,7 +98,7 @@ def test_stale_recorded_address_costs_seconds_not_minutes(tmp_path, trained_chec
 # A fresh process with its own local Ray: stop its monitor as the `raeae` commands do before
 # ray.shutdown, and show it went first (the GCS still up), then that the shutdown leaves nothing behind.
 MONITOR_FIRST = """
-import os, sys
+import os
 from raeae.cluster import _stop_monitor_first, connect, disconnect
 from ray._private import worker
 connect()
