@@ -43,10 +43,12 @@ def _faults(mode: str) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_a_worker_reuses_freed_memory_across_forward_passes():
     kept, handback = _faults("keep"), _faults("handback")
-    # 10 passes allocate ~500 MB of activations (~128,000 pages). Kept, a pass reuses the heap: usually
-    # no faults at all; once, in a fresh-clone CI run, 4,096 (one 16 MB buffer faulted in again). So
-    # the bound is about one buffer, whatever else the process did before.
-    assert kept <= 5_000, kept
-    # Handed back, every pass faults its buffers in again (tens of thousands of pages): at least a whole
-    # buffer more than kept, which is what this test needs to mean anything.
-    assert handback >= kept + 4_096, (kept, handback)
+    # 10 passes allocate ~500 MB of activations (~128,000 pages). Kept, a pass reuses the heap: measured
+    # 0 to 4,096 faults over the 10 passes (at most one 16 MB buffer faulted in again, whatever else the
+    # process did before). The bound allows three such buffers.
+    bound = 3 * 4_096
+    assert kept <= bound, kept
+    # Handed back, every pass faults its buffers in again (238,750 faults measured, about 20x the bound):
+    # the same bound fails a process that hands its memory back, which is what this test needs to mean
+    # anything.
+    assert handback > 10 * bound, (kept, handback)
