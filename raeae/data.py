@@ -203,8 +203,10 @@ def load_source(uri: str, channels: int, val_fraction: float, seed: int,
     val = [p for p in paths if is_validation(p, val_fraction, seed)]
     if not val and len(paths) > 1:  # tiny folders: still hold one image out
         val = [paths[-1]]
+    if len(val) == len(paths) > 1:  # ... and keep one to train on: a few files can all hash into validation
+        val = val[:-1]
     train = [p for p in paths if p not in set(val)]
-    if not train:
+    if not train:  # a single image trains and validates
         train = val
     return TrainingSource(uri, f"images {uri}: {len(train)} train / {len(val)} validation files",
                           train_files=tuple(train), val_files=tuple(val))

@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from raeae.data import is_validation, load_idx, load_images, load_source, parse_idx, to_channels
+from raeae.data import copy_samples, is_validation, load_idx, load_images, load_source, parse_idx, to_channels
 from raeae.storage import StorageConfig, StorageError, strip_scheme
 
 
@@ -46,6 +46,17 @@ def test_image_source_holds_out_a_stable_part(tmp_path, clean_photos):
     b = load_source(str(clean_photos), 1, 0.3, seed=0)
     assert a.val_files == b.val_files and a.val_files
     assert not set(a.train_files) & set(a.val_files)
+
+
+def test_a_folder_that_hashes_entirely_into_validation_still_keeps_one_to_train_on(tmp_path, clean_photos):
+    """The split hashes each file's path, so 4 files at 0.3 all land in validation about once in 120
+    folders (it happened to a CI run's temporary folder: training then started on the validation files)."""
+    every = load_source(str(clean_photos), 1, 1.0, seed=0)  # a fraction of 1: every file hashes into validation
+    assert len(every.train_files) == 1 and len(every.val_files) == 3
+    assert not set(every.train_files) & set(every.val_files)
+    copy_samples(tmp_path, ("camera.png",))
+    one = load_source(str(tmp_path), 1, 0.3, seed=0)
+    assert one.train_files == one.val_files and len(one.train_files) == 1  # one image trains and validates
 
 
 def test_idx_shares_split_the_training_rows_between_the_workers(tmp_path):
