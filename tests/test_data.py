@@ -48,14 +48,15 @@ def test_image_source_holds_out_a_stable_part(tmp_path, clean_photos):
     assert not set(a.train_files) & set(a.val_files)
 
 
-def test_a_folder_that_hashes_entirely_into_validation_still_keeps_one_to_train_on(tmp_path, clean_photos):
+def test_a_folder_that_hashes_entirely_into_validation_still_keeps_one_to_train_on(tmp_path):
     """The split hashes each file's path, so 4 files at 0.3 all land in validation about once in 120
     folders (it happened to a CI run's temporary folder: training then started on the validation files)."""
-    every = load_source(str(clean_photos), 1, 1.0, seed=0)  # a fraction of 1: every file hashes into validation
+    copy_samples(tmp_path / "four", ("camera.png", "coins.png", "astronaut.png", "chelsea.png"))
+    every = load_source(str(tmp_path / "four"), 1, 1.0, seed=0)  # a fraction of 1: every file hashes into validation
     assert len(every.train_files) == 1 and len(every.val_files) == 3
     assert not set(every.train_files) & set(every.val_files)
-    copy_samples(tmp_path, ("camera.png",))
-    assert len(load_source(str(tmp_path), 1, 0.3, seed=0).train_files) == 1  # a single image always trains
+    copy_samples(tmp_path / "one", ("camera.png",))
+    assert len(load_source(str(tmp_path / "one"), 1, 0.3, seed=0).train_files) == 1  # a single image always trains
 
 
 def test_idx_shares_split_the_training_rows_between_the_workers(tmp_path):
