@@ -201,10 +201,8 @@ def load_source(uri: str, channels: int, val_fraction: float, seed: int,
         keep = set(np.random.default_rng(seed).choice(len(paths), size=max_images, replace=False).tolist())
         paths = [p for i, p in enumerate(paths) if i in keep]
     val = [p for p in paths if is_validation(p, val_fraction, seed)]
-    if not val and len(paths) > 1:  # tiny folders: still hold one image out
-        val = [paths[-1]]
-    if len(val) == len(paths) > 1:  # ... and keep one to train on: a few files can all hash into validation
-        val = val[:-1]
+    if len(paths) > 1:  # a few files can hash all or none into validation: hold one out, keep one to train on
+        val = val[:len(paths) - 1] or [paths[-1]]
     train = [p for p in paths if p not in set(val)]
     if not train:  # a single image trains and validates
         train = val

@@ -33,15 +33,21 @@ MMAP_THRESHOLD = 32 * 2**20
 TRIM_THRESHOLD = 1024 * 2**20
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep and reuse freed memory (see the module docstring). Returns whether it
-    applied: False on a C library without ``mallopt`` (musl, macOS), where nothing changes."""
+def mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt(param, value)``; whether it applied: False on a C library without it (musl,
+    macOS), where nothing changes."""
     try:  # the running process's own symbols: the C library it already uses (no library search)
-        mallopt = ctypes.CDLL(None).mallopt
+        fn = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(fn(param, value))
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep and reuse freed memory (see the module docstring). Returns whether it
+    applied (see :func:`mallopt`)."""
+    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
 
 def prepare_worker(threads: int) -> None:

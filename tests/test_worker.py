@@ -12,16 +12,14 @@ import pytest
 # buffers anyway (a CI run saw 2,048 faults by default, fewer than the kept run's 4,061). So the
 # control faults in every buffer on every pass, and shows that the count can see it.
 FORWARD = """
-import ctypes, resource, sys, torch
-from raeae.worker import keep_freed_memory, prepare_worker
+import resource, sys, torch
+from raeae.worker import _M_MMAP_THRESHOLD, keep_freed_memory, mallopt, prepare_worker
 if sys.argv[1] == "keep":
     prepare_worker(1)  # what a model actor does
     assert keep_freed_memory()  # glibc here: the setting applies (again: it is idempotent)
 else:
     torch.set_num_threads(1)
-    mallopt = ctypes.CDLL(None).mallopt
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    assert mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    assert mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
 from raeae import checkpoint as ckpt
 model = ckpt.model_from_state(ckpt.parse(ckpt.read_models("builtin:gray")[0]))
 x = torch.rand(4096, model.config.features)
