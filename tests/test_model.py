@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from raeae.model import Activation, ModelConfig, Head, build_model, parameter_count, seed_config
+from raeae.model import (Activation, ModelConfig, Head, OutputLinear, build_model, parameter_count, photo_config,
+                         seed_config)
 
 
 def test_seed_network_shape_and_range():
@@ -32,6 +33,28 @@ def test_residual_output_is_input_minus_predicted_noise():
         model.decoder[-1].weight.zero_()
         model.decoder[-1].bias.zero_()
     assert torch.equal(model(x), x)
+
+
+def test_large_inference_passes_pad_the_output_layer_and_give_the_plain_layers_values():
+    """13×13 patches have 169 outputs. An inference pass of OutputLinear.MIN_ROWS rows multiplies
+    a weight padded to 176 rows (a faster GEMM; see OutputLinear) and drops the padding: the values
+    are the plain layer's, and the parameters (so checkpoints) stay 169 wide."""
+    torch.manual_seed(0)
+    model = build_model(photo_config()).eval()
+    last = model.decoder[-1]
+    assert isinstance(last, OutputLinear) and tuple(last.weight.shape) == (169, 1024)
+    assert model.state_dict()["decoder.2.weight"].shape == (169, 1024)
+    h = torch.rand(OutputLinear.MIN_ROWS, 1024)
+    with torch.no_grad():
+        padded, small = last(h), last(h[:OutputLinear.MIN_ROWS - 1])
+    assert padded.shape == (len(h), 169) and padded.stride() == (176, 1)  # a view of the padded product
+    assert small.stride() == (169, 1)  # below MIN_ROWS: the plain layer
+    plain = torch.nn.functional.linear(h, last.weight, last.bias).detach()
+    torch.testing.assert_close(padded, plain)
+    x = torch.rand(OutputLinear.MIN_ROWS, 169)
+    with torch.no_grad():
+        restored = model(x)
+    torch.testing.assert_close(restored, model(x).detach())  # grad enabled (training): the plain path
 
 
 def test_output_bias_init_makes_untrained_net_predict_the_mean():
