@@ -174,10 +174,10 @@ class OutputLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad = -self.out_features % self.ALIGN
-        if pad == 0 or x.shape[0] < self.MIN_ROWS or torch.is_grad_enabled():
+        if pad == 0 or x.shape[:-1].numel() < self.MIN_ROWS or torch.is_grad_enabled():
             return super().forward(x)
         weight, bias = F.pad(self.weight, (0, 0, 0, pad)), F.pad(self.bias, (0, pad))
-        return F.linear(x, weight, bias)[:, :self.out_features]
+        return F.linear(x, weight, bias)[..., :self.out_features]
 
 
 def photo_config(channels: int = 1) -> ModelConfig:

@@ -51,6 +51,8 @@ def test_large_inference_passes_pad_the_output_layer_and_give_the_plain_layers_v
     assert small.stride() == (169, 1)  # below MIN_ROWS: the plain layer
     plain = torch.nn.functional.linear(h, last.weight, last.bias).detach()
     torch.testing.assert_close(padded, plain)
+    with torch.no_grad():  # any leading shape, as nn.Linear takes: one vector is one row, never 1024
+        assert last(h[0]).shape == (169,) and last(h.reshape(2, -1, 1024)).shape == (2, len(h) // 2, 169)
     x = torch.rand(OutputLinear.MIN_ROWS, 169)
     with torch.no_grad():
         restored = model(x)
