@@ -12,7 +12,8 @@ Cases (noisy σ=25 crops of the embedded sample photographs, gray and colour):
 Setups (``--setups``): ``raeae`` is `raeae restore` as shipped; ``staged`` and ``fused`` force that
 ``--layout``. For each it also reports each stage's share of the busy time (decode / model actor / encode,
 from the per-row timings in the Parquet) and the model's forward passes' share of the actor's time: the
-part a GPU would speed up.
+part a GPU would speed up. Peak memory (PSS of every process) comes from one more run per setup, not
+from the timed ones: sampling it slows a multi-process run (see :func:`run_one`).
 
     .venv/bin/python bench/restore.py --cases small,mixed,large,startup --repeats 3 [--model builtin:auto]
 """
@@ -20,6 +21,7 @@ part a GPU would speed up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -102,8 +104,12 @@ def plain_loop(model: str, folder: str, out: str) -> None:
 SETUPS = ("plain", "raeae", "staged", "fused")
 
 
-def run_one(setup: str, model: str, folder: str, out: str) -> dict:
-    """One measured run in a fresh process: wall time from launch to exit, and to the first row."""
+def run_one(setup: str, model: str, folder: str, out: str, memory: bool = False) -> dict:
+    """One run in a fresh process: wall time from launch to exit, and to the first row. A ``memory`` run
+    also samples the peak PSS of every process on the machine (Ray's workers too) once a second, and
+    only that number is kept from it: the sampler reads every process's page tables (~70 ms of CPU a
+    sample beside a local Ray), and beside it `raeae restore` took 30.1-31.2 s on the mix against
+    25.3-29.0 s without it (3 interleaved pairs), a cost the plain loop's one process does not pay."""
     shutil.rmtree(out, ignore_errors=True)
     if setup == "plain":
         cmd = [sys.executable, __file__, "--plain-child", "--model", model, "--folder", folder, "--out", out]
@@ -113,17 +119,18 @@ def run_one(setup: str, model: str, folder: str, out: str) -> dict:
         if setup != "raeae":
             cmd += ["--layout", setup]
     start = time.time()
-    with PeakMemory(every_s=1.0) as mem:  # PSS of every process on the machine (Ray's workers too)
+    with PeakMemory(every_s=1.0) if memory else contextlib.nullcontext() as mem:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.time() - start
+    if memory:
+        return {"peak_pss_gib": mem.peak_pss / 2**30}
     t = pq.read_table(out, columns=[c for c in ("restored_at", "width", "height", "decode_s", "restore_s",
                                                 "forward_s", "encode_s", "status")
                                     if setup != "plain" or c in ("restored_at", "width", "height", "status")])
     first = min(t["restored_at"].to_pylist()).timestamp() - start
     ok = [s == "ok" for s in t["status"].to_pylist()]
     pixels = sum(w * h for w, h, k in zip(t["width"].to_pylist(), t["height"].to_pylist(), ok) if k)
-    r = {"wall_s": wall, "first_row_s": first, "rows": len(t), "megapixels": pixels / 1e6,
-         "peak_pss_gib": mem.peak_pss / 2**30}
+    r = {"wall_s": wall, "first_row_s": first, "rows": len(t), "megapixels": pixels / 1e6}
     if setup != "plain":
         for c in ("decode_s", "restore_s", "forward_s", "encode_s"):
             r[c] = float(np.nansum(t[c].to_numpy(zero_copy_only=False)))
@@ -177,8 +184,10 @@ def main(argv=None) -> int:
                 runs[setup].append(r)
                 print(f"{label} #{rep + 1} {setup}: {r['wall_s']:.1f} s (first row {r['first_row_s']:.1f} s)",
                       flush=True)
-        results.append({"case": label, "images": runs["plain"][0]["rows"],
-                        **{setup: median_run(r) for setup, r in runs.items()}, "runs": runs})
+        medians = {setup: median_run(r) for setup, r in runs.items()}
+        for setup in setups:  # memory in a run of its own: its sampler would slow the timed ones
+            medians[setup].update(run_one(setup, a.model, folder, f"{work}/out-{setup}", memory=True))
+        results.append({"case": label, "images": runs["plain"][0]["rows"], **medians, "runs": runs})
     print()
     rows = []
     for res in results:
@@ -196,7 +205,8 @@ def main(argv=None) -> int:
     print_table(["case", "images", "setup", "plain loop s", "setup s", "speed-up (plain / setup)", "plain MP/s",
                  "setup MP/s", "plain first row s", "setup first row s", "busy: decode / model actor / encode",
                  "forward share of actor", "peak PSS GiB plain / setup"], rows, right=set(range(3, 13)))
-    print(f"\nmedians of {a.repeats} interleaved runs per setup, each a fresh process; model {a.model}")
+    print(f"\nmedians of {a.repeats} interleaved runs per setup, each a fresh process; model {a.model}; peak PSS "
+          f"from one more run per setup, untimed")
     write_json(a.json, results)
     return 0
 
