@@ -13,7 +13,7 @@ Setups (``--setups``): ``raeae`` is `raeae restore` as shipped; ``staged`` and `
 ``--layout``. For each it also reports each stage's share of the busy time (decode / model actor / encode,
 from the per-row timings in the Parquet) and the model's forward passes' share of the actor's time: the
 part a GPU would speed up. Peak memory (PSS of every process) comes from one more run per setup, not
-from the timed ones: sampling it slows a multi-process run (see :func:`run_one`).
+from the timed ones: sampling it slows a multi-process run (see :func:`peak_memory`).
 
     .venv/bin/python bench/restore.py --cases small,mixed,large,startup --repeats 3 [--model builtin:auto]
 """
@@ -21,7 +21,6 @@ from the timed ones: sampling it slows a multi-process run (see :func:`run_one`)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import statistics
@@ -104,26 +103,21 @@ def plain_loop(model: str, folder: str, out: str) -> None:
 SETUPS = ("plain", "raeae", "staged", "fused")
 
 
-def run_one(setup: str, model: str, folder: str, out: str, memory: bool = False) -> dict:
-    """One run in a fresh process: wall time from launch to exit, and to the first row. A ``memory`` run
-    also samples the peak PSS of every process on the machine (Ray's workers too) once a second, and
-    only that number is kept from it: the sampler reads every process's page tables (~70 ms of CPU a
-    sample beside a local Ray), and beside it `raeae restore` took 30.1-31.2 s on the mix against
-    25.3-29.0 s without it (3 interleaved pairs), a cost the plain loop's one process does not pay."""
-    shutil.rmtree(out, ignore_errors=True)
+def setup_command(setup: str, model: str, folder: str, out: str) -> list[str]:
+    """The command line of one run of ``setup`` (a fresh process of its own, as a user runs it)."""
     if setup == "plain":
-        cmd = [sys.executable, __file__, "--plain-child", "--model", model, "--folder", folder, "--out", out]
-    else:
-        raeae = os.path.join(os.path.dirname(sys.executable), "raeae")
-        cmd = [raeae, "restore", "--model", model, "--input", folder, "--output", out]
-        if setup != "raeae":
-            cmd += ["--layout", setup]
+        return [sys.executable, __file__, "--plain-child", "--model", model, "--folder", folder, "--out", out]
+    cmd = [os.path.join(os.path.dirname(sys.executable), "raeae"), "restore", "--model", model, "--input", folder,
+           "--output", out]
+    return cmd if setup == "raeae" else cmd + ["--layout", setup]
+
+
+def run_one(setup: str, model: str, folder: str, out: str) -> dict:
+    """One timed run in a fresh process: wall time from launch to exit, and to the first row."""
+    shutil.rmtree(out, ignore_errors=True)
     start = time.time()
-    with PeakMemory(every_s=1.0) if memory else contextlib.nullcontext() as mem:
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(setup_command(setup, model, folder, out), check=True, stdout=subprocess.DEVNULL)
     wall = time.time() - start
-    if memory:
-        return {"peak_pss_gib": mem.peak_pss / 2**30}
     t = pq.read_table(out, columns=[c for c in ("restored_at", "width", "height", "decode_s", "restore_s",
                                                 "forward_s", "encode_s", "status")
                                     if setup != "plain" or c in ("restored_at", "width", "height", "status")])
@@ -135,6 +129,17 @@ def run_one(setup: str, model: str, folder: str, out: str, memory: bool = False)
         for c in ("decode_s", "restore_s", "forward_s", "encode_s"):
             r[c] = float(np.nansum(t[c].to_numpy(zero_copy_only=False)))
     return r
+
+
+def peak_memory(setup: str, model: str, folder: str, out: str) -> dict:
+    """One untimed run, for the peak PSS of every process on the machine (Ray's workers too), sampled once
+    a second. Never in a timed run: the sampler reads every process's page tables (~70 ms of CPU a sample
+    beside a local Ray), and beside it `raeae restore` took 30.1-31.2 s on the mix against 25.3-29.0 s
+    without it (3 interleaved pairs), a cost the plain loop's one process does not pay."""
+    shutil.rmtree(out, ignore_errors=True)
+    with PeakMemory(every_s=1.0) as mem:
+        subprocess.run(setup_command(setup, model, folder, out), check=True, stdout=subprocess.DEVNULL)
+    return {"peak_pss_gib": mem.peak_pss / 2**30}
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -186,7 +191,7 @@ def main(argv=None) -> int:
                       flush=True)
         medians = {setup: median_run(r) for setup, r in runs.items()}
         for setup in setups:  # memory in a run of its own: its sampler would slow the timed ones
-            medians[setup].update(run_one(setup, a.model, folder, f"{work}/out-{setup}", memory=True))
+            medians[setup].update(peak_memory(setup, a.model, folder, f"{work}/out-{setup}"))
         results.append({"case": label, "images": runs["plain"][0]["rows"], **medians, "runs": runs})
     print()
     rows = []
