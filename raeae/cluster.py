@@ -133,8 +133,58 @@ def quiet_ray_output(verbose: bool) -> None:
         pass
 
 
+# Whether the Ray this process uses is a private local one that connect() started: its resources are
+# this machine's, and nothing will ever add a node to it.
+_private_local = False
+
+
+def private_local() -> bool:
+    """Whether this process runs on the private local Ray :func:`connect` started (no cluster to join)."""
+    return _private_local
+
+
+def alive_nodes() -> list[dict]:
+    """Each alive node's resources now (``{"CPU": 8.0, "GPU": 1.0, "object_store_memory": ...}``)."""
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def capacity(bundle: dict[str, float], nodes: list[dict]) -> int:
+    """How many ``bundle``s of resources (one worker or actor each; Ray never splits one across nodes)
+    fit on ``nodes`` as they are now."""
+    wanted = {k: v for k, v in bundle.items() if v > 0}
+    if not wanted:
+        return sys.maxsize
+    # the epsilon: Ray's resources are floats, and 1.0 / 0.1 is 9.999999999999998
+    return sum(min(int(node.get(k, 0.0) / v + 1e-9) for k, v in wanted.items()) for node in nodes)
+
+
+def describe(nodes: list[dict]) -> str:
+    cpus, gpus = (sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU"))
+    return f"{len(nodes)} node(s): {cpus:g} CPUs, {gpus:g} GPUs"
+
+
+def require(command: str, what: str, count: int, bundle: dict[str, float], nodes: list[dict], fix: str) -> None:
+    """Fail fast when ``count`` bundles of resources cannot fit on the private local Ray, and say why a
+    joined cluster waits.
+
+    Ray waits for resources that are not there without a word. On the private local Ray of
+    :func:`connect` they never come (measured: `raeae train --workers 3` on 2 CPUs printed its run line,
+    then nothing until it was killed), so that is an error naming the ``fix``. A cluster that was joined
+    may add nodes (an autoscaler: ``cluster.yaml``'s GPU workers start at zero), so there it is one line
+    saying what the run waits for."""
+    if capacity(bundle, nodes) >= count:
+        return
+    if private_local():
+        raise ValueError(f"{what} do not fit this machine's Ray ({describe(nodes)}); {fix}")
+    print(f"{command}: note: {what} do not fit the cluster's nodes now ({describe(nodes)}); waiting for "
+          f"the cluster to add nodes (Ctrl-C to stop)", flush=True)
+
+
 def connect(verbose: bool = False, **init_kwargs) -> None:
     """Start or join Ray once per process, quietly unless ``verbose`` (see the module docstring)."""
+    global _private_local
     import ray
 
     quiet_ray_output(verbose)
@@ -150,6 +200,7 @@ def connect(verbose: bool = False, **init_kwargs) -> None:
         init_kwargs.setdefault("include_dashboard", verbose)
     ray.init(address=address, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.ERROR, **init_kwargs)
+    _private_local = address == "local"
     quiet_ray_output(verbose)  # ray.init configures Ray's loggers again
 
 
@@ -157,10 +208,12 @@ def disconnect() -> None:
     """Leave Ray at the end of a command (stopping the local Ray it started), if this process used Ray.
     Ray would do the same at interpreter exit, but only after a fixed half-second pause for late log
     lines, which a command that has already printed its summary does not need."""
+    global _private_local
     ray = sys.modules.get("ray")  # a command that never touched Ray does not pay its import here
     if ray is not None and ray.is_initialized():
         _stop_monitor_first()
         ray.shutdown()
+    _private_local = False
 
 
 def _stop_monitor_first() -> None:

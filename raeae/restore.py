@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raeae import checkpoint as ckpt
-from raeae.cluster import connect, show_progress
+from raeae.cluster import alive_nodes, connect, private_local, require, show_progress
 from raeae.images import DEFAULT_MAX_PIXELS
 from raeae.settings import TILE_BATCH, Blend, Layout, Precision
 from raeae.stages import FusedStage, ModelStage, decode_batch, encode_batch
@@ -143,25 +143,23 @@ class Plan:
     fused: bool  # decode and encode run inside the model actors' calls (Layout.FUSED)
 
 
-def _alive_node_resources() -> list[dict]:
-    import ray
-
-    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-
-
-def wanted_actors(cfg: RestoreConfig, nodes: list[dict]) -> int:
+def wanted_actors(cfg: RestoreConfig, nodes: list[dict], can_grow: bool = False) -> int:
     """Model actors for a collection with work for all of them: --actors, else one per GPU with --gpu,
-    else one per CPU (see :func:`plan_stages`). Refuses --gpu on a cluster without GPUs, before any work
-    is planned."""
+    else one per CPU (see :func:`plan_stages`). With --gpu and no GPU on the ``nodes``: an error before
+    any work is planned, unless the cluster ``can_grow`` (a joined cluster, whose autoscaler may add GPU
+    nodes: ``cluster.yaml``'s start at zero and stop when idle, so a nightly run usually finds none);
+    then --actors, or one, and Ray Data's request for their GPUs brings the nodes."""
     gpus = sum(n.get("GPU", 0.0) for n in nodes)
     if cfg.gpu and gpus < 1:
-        raise ValueError("--gpu was given but the Ray cluster has no GPUs")
+        if not can_grow:
+            raise ValueError("--gpu was given but the Ray cluster has no GPUs")
+        return cfg.actors or 1
     if cfg.actors:
         return cfg.actors
     return max(1, int(gpus if cfg.gpu else sum(n.get("CPU", 0.0) for n in nodes)))
 
 
-def plan_stages(cfg: RestoreConfig, nodes: list[dict], batches: int) -> Plan:
+def plan_stages(cfg: RestoreConfig, nodes: list[dict], batches: int, can_grow: bool = False) -> Plan:
     """The stage layout from the config and the cluster (``nodes``: each alive node's resources).
 
     On CPUs, by default, the stages are fused: one single-threaded actor per CPU decodes, restores and
@@ -186,7 +184,7 @@ def plan_stages(cfg: RestoreConfig, nodes: list[dict], batches: int) -> Plan:
     fused = cfg.layout is Layout.FUSED or (cfg.layout is Layout.AUTO and not cfg.gpu)
     node_cpus = [n.get("CPU", 0.0) for n in nodes if n.get("CPU", 0.0) > 0] or [cpus]
     smallest = min(node_cpus)
-    actors = max(1, min(batches, wanted_actors(cfg, nodes)))
+    actors = max(1, min(batches, wanted_actors(cfg, nodes, can_grow)))
     if cfg.cpus_per_actor:
         actor_cpus = cfg.cpus_per_actor
     elif cfg.gpu:
@@ -239,10 +237,14 @@ def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: 
     import ray
     import ray.data
 
-    nodes = _alive_node_resources()
+    nodes, can_grow = alive_nodes(), not private_local()
     # units sized for every actor the cluster offers; then no more actors than units
-    units = work_units(files, cfg.batch_size, wanted_actors(cfg, nodes))
-    plan = plan_stages(cfg, nodes, len(units))
+    units = work_units(files, cfg.batch_size, wanted_actors(cfg, nodes, can_grow))
+    plan = plan_stages(cfg, nodes, len(units), can_grow)
+    require("raeae restore", f"{plan.actors} model actor(s) x {plan.actor_cpus:g} CPU"
+            f"{' + 1 GPU' if plan.actor_gpus else ''}", plan.actors,
+            {"CPU": plan.actor_cpus, "GPU": plan.actor_gpus}, nodes,
+            "use a smaller --cpus-per-actor or fewer --actors, or join a larger cluster (RAY_ADDRESS)")
     # from_blocks, not from_arrow: from_arrow runs a remote task per block (per unit) for its metadata
     # and waits for them, on worker processes that a fresh local Ray is still starting; from_blocks
     # takes the metadata from the listing tables here

@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from raeae import checkpoint as ckpt
-from raeae.cluster import connect
+from raeae.cluster import alive_nodes, capacity, connect, require
 from raeae.corrupt import (IMPULSE_SHARE, Noise, NoiseConfig, blind_spot, corrupt, corrupt_with_level,
                            estimate_sigma, impulse_share, masked_mse, recorrupt)
 from raeae.data import find_idx, load_source, read_image
@@ -692,6 +692,19 @@ def auto_cpus_per_worker(workers: int, node_cpus: list[float]) -> float:
     return float(max(1, int(largest // max(1, per_node))))
 
 
+def require_workers(cfg: TrainConfig, nodes: list[dict]) -> None:
+    """Fail fast when the workers cannot fit on this machine's private Ray (see
+    :func:`raeae.cluster.require`), naming the flag to change."""
+    bundle = {"CPU": cfg.cpus_per_worker, "GPU": 1.0 if cfg.gpu else 0.0}
+    what = f"--workers {cfg.workers} x {cfg.cpus_per_worker:g} CPU{' + 1 GPU' if cfg.gpu else ''}"
+    if cfg.gpu and not any(n.get("GPU", 0.0) for n in nodes):
+        fix = "drop --gpu, or join a cluster with GPUs (RAY_ADDRESS)"
+    else:
+        fix = (f"at most {capacity(bundle, nodes)} such workers fit: use fewer --workers or a smaller "
+               f"--cpus-per-worker, or join a larger cluster (RAY_ADDRESS)")
+    require("raeae train", what, cfg.workers, bundle, nodes, fix)
+
+
 def init_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
     """With ``--init``: the starting checkpoint's model config (it replaces the model flags) and
     weights. Fails before Ray starts if the checkpoint cannot be used."""
@@ -833,8 +846,10 @@ def train(cfg: TrainConfig, verbose: bool = False) -> TrainResult:
               f"to train; its best model goes to {cfg.output}")
         return _export_best(cfg, run.latest, 0.0, run.name, start_epoch=run.epoch)
     connect(verbose)
+    nodes = alive_nodes()
     cfg = replace(cfg, cpus_per_worker=cfg.cpus_per_worker or auto_cpus_per_worker(
-        cfg.workers, [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]))
+        cfg.workers, [n.get("CPU", 0.0) for n in nodes]))
+    require_workers(cfg, nodes)
     m = cfg.model
     planes = " on each of 3 opponent colour planes" if m.planes else ""
     told = "+σ" if m.noise_input else ""  # the noise level, one more input

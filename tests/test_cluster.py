@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from raeae.cluster import RayConnectionError, answers, choose_address
+import raeae.cluster
+from raeae.cluster import RayConnectionError, answers, capacity, choose_address, require
 from tests.conftest import free_port
 
 ALIVE = "10.1.2.3:6379"
@@ -131,3 +132,43 @@ def test_a_commands_local_ray_stops_its_monitor_before_the_gcs(tmp_path):
     shutil.rmtree(ray_tmp, ignore_errors=True)
     assert p.returncode == 0, p.stderr
     assert "monitor stopped gcs running" in p.stdout and "left []" in p.stdout, p.stdout + p.stderr
+
+
+def test_capacity_counts_whole_bundles_per_node():
+    nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 2.0}, {"CPU": 0.0}]
+    assert capacity({"CPU": 1.0}, nodes) == 10
+    assert capacity({"CPU": 3.0}, nodes) == 2  # a bundle never spans two nodes: 8 // 3 + 2 // 3
+    assert capacity({"CPU": 1.0, "GPU": 1.0}, nodes) == 1
+    assert capacity({"CPU": 0.1}, [{"CPU": 1.0}]) == 10  # 1.0 / 0.1 is 9.999... in floats
+    assert capacity({"CPU": 1.0, "GPU": 0.0}, [{"CPU": 2.0}]) == 2  # a zero request asks for nothing
+    assert capacity({"CPU": 1.0}, []) == 0
+
+
+def test_what_cannot_fit_fails_on_the_private_local_ray_and_waits_with_a_note_on_a_joined_one(monkeypatch, capsys):
+    nodes = [{"CPU": 2.0}]
+    require("raeae train", "--workers 2 x 1 CPU", 2, {"CPU": 1.0}, nodes, "fix it")  # fits: nothing said
+    monkeypatch.setattr(raeae.cluster, "_private_local", True)
+    with pytest.raises(ValueError, match=r"--workers 3 x 1 CPU do not fit this machine's Ray \(1 node\(s\): 2 CPUs, "
+                                         r"0 GPUs\); fix it"):
+        require("raeae train", "--workers 3 x 1 CPU", 3, {"CPU": 1.0}, nodes, "fix it")
+    monkeypatch.setattr(raeae.cluster, "_private_local", False)  # joined: an autoscaler may add nodes
+    require("raeae train", "--workers 3 x 1 CPU", 3, {"CPU": 1.0}, nodes, "fix it")
+    out = capsys.readouterr().out
+    assert out.startswith("raeae train: note: --workers 3 x 1 CPU do not fit the cluster's nodes now") and \
+        "waiting for the cluster to add nodes" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["train", "restore"])
+def test_resources_this_machine_lacks_fail_fast_with_one_line(command, tmp_path, clean_photos, noisy_folder):
+    """On the private local Ray, a request no node can meet is an error within seconds: Ray itself would
+    wait for it forever, silently."""
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    args = (["train", "--data", str(clean_photos), "--output", str(tmp_path / "m"), "--epochs", "1",
+             "--cpus-per-worker", "1000", "--storage-path", str(tmp_path / "runs")] if command == "train" else
+            ["restore", "--input", str(noisy_folder), "--output", str(tmp_path / "out"), "--cpus-per-actor", "1000"])
+    p, seconds = _raeae(args, env)
+    assert p.returncode == 2, p.stdout + p.stderr
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "x 1000 CPU do not fit this machine's Ray" in err[0], p.stderr
+    print(f"{command} that cannot fit: {seconds:.1f} s to its error")

@@ -215,6 +215,12 @@ def test_stage_plan_never_starts_more_actors_than_units_nor_a_gpu_actor_without_
     with pytest.raises(ValueError, match="no GPUs"):
         wanted_actors(RestoreConfig(gpu=True, actors=2), [{"CPU": 8.0}])
     assert wanted_actors(RestoreConfig(gpu=True), [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 2.0}]) == 3
+    # a joined cluster may add GPU nodes (cluster.yaml's start at zero): --actors, or one, and Ray waits for them
+    head_only = [{"CPU": 0.0}]
+    assert wanted_actors(RestoreConfig(gpu=True), head_only, can_grow=True) == 1
+    assert wanted_actors(RestoreConfig(gpu=True, actors=4), head_only, can_grow=True) == 4
+    plan = plan_stages(RestoreConfig(gpu=True), head_only, batches=3, can_grow=True)
+    assert (plan.actors, plan.actor_gpus, plan.fused) == (1, 1.0, False)
     assert wanted_actors(RestoreConfig(), [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 4.0}]) == 12
 
 
