@@ -179,7 +179,8 @@ def require(command: str, what: str, count: int, bundle: dict[str, float], nodes
     if private_local():
         raise ValueError(f"{what} do not fit this machine's Ray ({describe(nodes)}); {fix}")
     print(f"{command}: note: {what} do not fit the cluster's nodes now ({describe(nodes)}); waiting for "
-          f"the cluster to add nodes (Ctrl-C to stop)", flush=True)
+          f"its autoscaler to add nodes (a cluster without one never will: stop this run and {fix})",
+          flush=True)
 
 
 def connect(verbose: bool = False, **init_kwargs) -> None:

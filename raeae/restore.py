@@ -231,6 +231,18 @@ def work_units(files: list[dict], batch_size: int, workers: int = 1, unit_bytes:
     return units
 
 
+def require_actors(plan: Plan, nodes: list[dict]) -> None:
+    """Fail fast when the model actors cannot fit on this machine's private Ray (see
+    :func:`raeae.cluster.require`), naming the flag to change."""
+    if plan.actor_gpus and not any(n.get("GPU", 0.0) for n in nodes):
+        fix = "drop --gpu, or use a cluster with GPUs"
+    else:
+        fix = "use a smaller --cpus-per-actor or fewer --actors, or join a larger cluster (RAY_ADDRESS)"
+    require("raeae restore", f"{plan.actors} model actor(s) x {plan.actor_cpus:g} CPU"
+            f"{' + 1 GPU' if plan.actor_gpus else ''}", plan.actors,
+            {"CPU": plan.actor_cpus, "GPU": plan.actor_gpus}, nodes, fix)
+
+
 def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: str) -> None:
     """Stream ``files`` through the stages into Parquet under ``out_uri``. Each unit of work is one
     block from start to end (``batch_size=None`` everywhere): decoded, restored and encoded together."""
@@ -241,10 +253,7 @@ def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: 
     # units sized for every actor the cluster offers; then no more actors than units
     units = work_units(files, cfg.batch_size, wanted_actors(cfg, nodes, can_grow))
     plan = plan_stages(cfg, nodes, len(units), can_grow)
-    require("raeae restore", f"{plan.actors} model actor(s) x {plan.actor_cpus:g} CPU"
-            f"{' + 1 GPU' if plan.actor_gpus else ''}", plan.actors,
-            {"CPU": plan.actor_cpus, "GPU": plan.actor_gpus}, nodes,
-            "use a smaller --cpus-per-actor or fewer --actors, or join a larger cluster (RAY_ADDRESS)")
+    require_actors(plan, nodes)
     # from_blocks, not from_arrow: from_arrow runs a remote task per block (per unit) for its metadata
     # and waits for them, on worker processes that a fresh local Ray is still starting; from_blocks
     # takes the metadata from the listing tables here

@@ -155,7 +155,7 @@ def test_what_cannot_fit_fails_on_the_private_local_ray_and_waits_with_a_note_on
     require("raeae train", "--workers 3 x 1 CPU", 3, {"CPU": 1.0}, nodes, "fix it")
     out = capsys.readouterr().out
     assert out.startswith("raeae train: note: --workers 3 x 1 CPU do not fit the cluster's nodes now") and \
-        "waiting for the cluster to add nodes" in out
+        "waiting for its autoscaler to add nodes (a cluster without one never will: stop this run and fix it)" in out
 
 
 @pytest.mark.slow

@@ -289,3 +289,17 @@ def test_parquet_files_are_large_for_a_large_collection_and_a_quarter_of_a_small
     assert "not --file-mb 1000" in capsys.readouterr().out
     with pytest.raises(ValueError, match="file_mb must be >= 0"):
         RestoreConfig(file_mb=-1)
+
+
+def test_gpu_actors_on_a_cluster_without_gpus_name_the_flag(monkeypatch, capsys):
+    import raeae.cluster
+    from raeae.restore import RestoreConfig, plan_stages, require_actors
+
+    head_only = [{"CPU": 0.0}]
+    plan = plan_stages(RestoreConfig(gpu=True, actors=2), head_only, batches=3, can_grow=True)
+    monkeypatch.setattr(raeae.cluster, "_private_local", False)  # joined: say what it waits for
+    require_actors(plan, head_only)
+    assert "2 model actor(s) x 0.5 CPU + 1 GPU do not fit" in capsys.readouterr().out
+    monkeypatch.setattr(raeae.cluster, "_private_local", True)  # this machine's own Ray: an error
+    with pytest.raises(ValueError, match="drop --gpu"):
+        require_actors(plan, head_only)
