@@ -165,17 +165,20 @@ def describe(nodes: list[dict]) -> str:
     return f"{len(nodes)} node(s): {cpus:g} CPUs, {gpus:g} GPUs"
 
 
-def require(command: str, what: str, count: int, bundle: dict[str, float], nodes: list[dict], fix: str) -> None:
-    """Fail fast when ``count`` bundles of resources cannot fit on the private local Ray, and say why a
-    joined cluster waits.
+def require(command: str, who: str, count: int, bundle: dict[str, float], nodes: list[dict], fix: str) -> None:
+    """Fail fast when ``count`` bundles of resources (``who``: "--workers 3", "2 model actor(s)") cannot
+    fit on the private local Ray, and say why a joined cluster waits.
 
     Ray waits for resources that are not there without a word. On the private local Ray of
     :func:`connect` they never come (measured: `raeae train --workers 3` on 2 CPUs printed its run line,
-    then nothing until it was killed), so that is an error naming the ``fix``. A cluster that was joined
-    may add nodes (an autoscaler: ``cluster.yaml``'s GPU workers start at zero), so there it is one line
-    saying what the run waits for."""
+    then nothing until it was killed), so that is an error naming the ``fix`` (or --gpu, when no node
+    has a GPU). A cluster that was joined may add nodes (an autoscaler: ``cluster.yaml``'s GPU workers
+    start at zero), so there it is one line saying what the run waits for."""
     if capacity(bundle, nodes) >= count:
         return
+    what = f"{who} x {bundle.get('CPU', 0.0):g} CPU" + (f" + {bundle['GPU']:g} GPU" if bundle.get("GPU") else "")
+    if bundle.get("GPU") and not any(n.get("GPU", 0.0) for n in nodes):
+        fix = "drop --gpu, or join a cluster with GPUs (RAY_ADDRESS)"
     if private_local():
         raise ValueError(f"{what} do not fit this machine's Ray ({describe(nodes)}); {fix}")
     print(f"{command}: note: {what} do not fit the cluster's nodes now ({describe(nodes)}); waiting for "

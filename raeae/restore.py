@@ -234,13 +234,9 @@ def work_units(files: list[dict], batch_size: int, workers: int = 1, unit_bytes:
 def require_actors(plan: Plan, nodes: list[dict]) -> None:
     """Fail fast when the model actors cannot fit on this machine's private Ray (see
     :func:`raeae.cluster.require`), naming the flag to change."""
-    if plan.actor_gpus and not any(n.get("GPU", 0.0) for n in nodes):
-        fix = "drop --gpu, or use a cluster with GPUs"
-    else:
-        fix = "use a smaller --cpus-per-actor or fewer --actors, or join a larger cluster (RAY_ADDRESS)"
-    require("raeae restore", f"{plan.actors} model actor(s) x {plan.actor_cpus:g} CPU"
-            f"{' + 1 GPU' if plan.actor_gpus else ''}", plan.actors,
-            {"CPU": plan.actor_cpus, "GPU": plan.actor_gpus}, nodes, fix)
+    require("raeae restore", f"{plan.actors} model actor(s)", plan.actors,
+            {"CPU": plan.actor_cpus, "GPU": plan.actor_gpus}, nodes,
+            "use a smaller --cpus-per-actor or fewer --actors, or join a larger cluster (RAY_ADDRESS)")
 
 
 def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: str) -> None:

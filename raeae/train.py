@@ -696,13 +696,9 @@ def require_workers(cfg: TrainConfig, nodes: list[dict]) -> None:
     """Fail fast when the workers cannot fit on this machine's private Ray (see
     :func:`raeae.cluster.require`), naming the flag to change."""
     bundle = {"CPU": cfg.cpus_per_worker, "GPU": 1.0 if cfg.gpu else 0.0}
-    what = f"--workers {cfg.workers} x {cfg.cpus_per_worker:g} CPU{' + 1 GPU' if cfg.gpu else ''}"
-    if cfg.gpu and not any(n.get("GPU", 0.0) for n in nodes):
-        fix = "drop --gpu, or join a cluster with GPUs (RAY_ADDRESS)"
-    else:
-        fix = (f"at most {capacity(bundle, nodes)} such workers fit: use fewer --workers or a smaller "
-               f"--cpus-per-worker, or join a larger cluster (RAY_ADDRESS)")
-    require("raeae train", what, cfg.workers, bundle, nodes, fix)
+    require("raeae train", f"--workers {cfg.workers}", cfg.workers, bundle, nodes,
+            f"at most {capacity(bundle, nodes)} such workers fit: use fewer --workers or a smaller "
+            f"--cpus-per-worker, or join a larger cluster (RAY_ADDRESS)")
 
 
 def init_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:

@@ -146,13 +146,13 @@ def test_capacity_counts_whole_bundles_per_node():
 
 def test_what_cannot_fit_fails_on_the_private_local_ray_and_waits_with_a_note_on_a_joined_one(monkeypatch, capsys):
     nodes = [{"CPU": 2.0}]
-    require("raeae train", "--workers 2 x 1 CPU", 2, {"CPU": 1.0}, nodes, "fix it")  # fits: nothing said
+    require("raeae train", "--workers 2", 2, {"CPU": 1.0}, nodes, "fix it")  # fits: nothing said
     monkeypatch.setattr(raeae.cluster, "_private_local", True)
     with pytest.raises(ValueError, match=r"--workers 3 x 1 CPU do not fit this machine's Ray \(1 node\(s\): 2 CPUs, "
                                          r"0 GPUs\); fix it"):
-        require("raeae train", "--workers 3 x 1 CPU", 3, {"CPU": 1.0}, nodes, "fix it")
+        require("raeae train", "--workers 3", 3, {"CPU": 1.0}, nodes, "fix it")
     monkeypatch.setattr(raeae.cluster, "_private_local", False)  # joined: an autoscaler may add nodes
-    require("raeae train", "--workers 3 x 1 CPU", 3, {"CPU": 1.0}, nodes, "fix it")
+    require("raeae train", "--workers 3", 3, {"CPU": 1.0}, nodes, "fix it")
     out = capsys.readouterr().out
     assert out.startswith("raeae train: note: --workers 3 x 1 CPU do not fit the cluster's nodes now") and \
         "waiting for its autoscaler to add nodes (a cluster without one never will: stop this run and fix it)" in out
