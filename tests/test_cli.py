@@ -7,6 +7,7 @@ import pytest
 
 import raeae
 from raeae.cli import build_parser, main
+from raeae.data import copy_samples
 
 COMMANDS = list(build_parser()._subparsers._group_actions[0].choices)
 
@@ -69,9 +70,12 @@ def test_bad_arguments_fail_fast_with_one_line(argv, words, capsys):
     assert len(err) == 1 and words in err[0] and "Traceback" not in err[0]
 
 
-def test_more_workers_than_training_images_fails_fast_with_one_line(tmp_path, clean_photos, capsys):
-    """Each rank trains on its own share of the files, so every rank needs one (checked before Ray starts)."""
-    assert main(["train", "--data", str(clean_photos), "--output", str(tmp_path / "m"), "--workers", "4",
+def test_more_workers_than_training_images_fails_fast_with_one_line(tmp_path, capsys):
+    """Each rank trains on its own share of the files, so every rank needs one (checked before Ray starts).
+    Four photographs of its own: the session's clean_photos gains crops once noisy_folder is made."""
+    photos = tmp_path / "photos"
+    copy_samples(photos, ("camera.png", "coins.png", "astronaut.png", "chelsea.png"))
+    assert main(["train", "--data", str(photos), "--output", str(tmp_path / "m"), "--workers", "4",
                  "--val-fraction", "0.3", "--storage-path", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "for 4 workers: each worker needs at least one" in err[0]
