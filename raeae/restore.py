@@ -113,6 +113,10 @@ class RestoreConfig:
                 "before a write: few large files instead of one per block, and the write buffer is "
                 "bounded by this, not by the collection. 0 = 128 MB, or a quarter of a smaller "
                 "collection's bytes, so the first write starts while the model actors still work"})
+    copy_metadata: bool = field(default=True, metadata={
+        "help": "copy each source's colour profile (ICC), EXIF block (orientation, date, camera) and "
+                "resolution (DPI) into its restored PNG, so it displays and prints as the source did; "
+                "--no-copy-metadata leaves them out (EXIF can hold where a photograph was taken)"})
     png_level: int = field(default=1, metadata={"help": "PNG compression level 0-9; 1 is ~4x faster to "
                                                         "encode than 6 for ~10 %% larger files"})
 
@@ -258,7 +262,8 @@ def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: 
           "mtime": float(f["mtime"]) if f["mtime"] is not None else float("nan")} for f in unit],
         schema=LISTING) for unit in units])
     storage = cfg.storage.with_environment()
-    decode_kwargs = {"input_uri": cfg.input, "storage": storage, "max_pixels": cfg.max_pixels}
+    decode_kwargs = {"input_uri": cfg.input, "storage": storage, "max_pixels": cfg.max_pixels,
+                     "copy_metadata": cfg.copy_metadata}
     model_kwargs = {"model": cfg.model, "model_id": model_id, "storage": storage,
                     "stride": cfg.stride, "tile_batch": cfg.tile_batch, "threads": plan.threads, "gpu": cfg.gpu,
                     "blend": cfg.blend, "ensemble": cfg.ensemble, "precision": cfg.precision,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from raeae.images import channels, decode, encode_png
+from raeae.images import SourceInfo, channels, decode_image, encode_png
 from raeae.storage import StorageConfig, read_bytes, resolve, strip_scheme
 
 if TYPE_CHECKING:  # torch is imported by the model actors only: a decode or encode task's worker
@@ -47,6 +47,10 @@ DECODED = pa.schema([
     pa.field("width", pa.int32()),
     pa.field("depth", pa.int32()),  # 0 for an H×W array, else the third dimension
     pa.field("source_mode", pa.string()),
+    # what the restored PNG keeps of the source (raeae.images.SourceInfo); null when it has none
+    pa.field("icc_profile", pa.binary()),
+    pa.field("exif", pa.binary()),
+    pa.field("dpi", pa.list_(pa.float64(), 2)),
     pa.field("error", pa.string()),  # null while the row is fine
     pa.field("model_id", pa.string()),
     pa.field("noise_sigma", pa.float32()),
@@ -100,8 +104,10 @@ def _read_all(fs, paths: list[str]) -> list[bytes | Exception]:
         return list(pool.map(read, paths))
 
 
-def decode_batch(batch: pa.Table, input_uri: str, storage: StorageConfig, max_pixels: int) -> pa.Table:
-    """Stage 1: listing rows (path, size, mtime) -> decoded rows (``DECODED``)."""
+def decode_batch(batch: pa.Table, input_uri: str, storage: StorageConfig, max_pixels: int,
+                 copy_metadata: bool = True) -> pa.Table:
+    """Stage 1: listing rows (path, size, mtime) -> decoded rows (``DECODED``), with each source's colour
+    profile, EXIF and DPI unless not ``copy_metadata``."""
     fs = _filesystem(input_uri, storage)
     items = batch.to_pylist()
     t0 = time.perf_counter()
@@ -111,13 +117,16 @@ def decode_batch(batch: pa.Table, input_uri: str, storage: StorageConfig, max_pi
     for item, raw in zip(items, data):
         t0 = time.perf_counter()
         row = {"path": item["path"], "size": item["size"], "mtime": item["mtime"], "pixels": None,
-               "height": None, "width": None, "depth": None, "source_mode": None, "error": None,
-               "model_id": None, "noise_sigma": None, "restore_s": 0.0, "forward_s": 0.0}
+               "height": None, "width": None, "depth": None, "source_mode": None, "icc_profile": None,
+               "exif": None, "dpi": None, "error": None, "model_id": None, "noise_sigma": None,
+               "restore_s": 0.0, "forward_s": 0.0}
         try:
             if isinstance(raw, Exception):
                 raise raw
-            image, mode = decode(raw, max_pixels)
+            image, mode, info = decode_image(raw, max_pixels)
             row = {**_with_pixels(row, image), "source_mode": mode}
+            if copy_metadata:
+                row.update(icc_profile=info.icc_profile, exif=info.exif, dpi=info.dpi)
         except Exception as exc:  # noqa: BLE001 - one bad file is one error row, never a dead job
             row["error"] = _error_text(exc)
         row["decode_s"] = read_s + time.perf_counter() - t0
@@ -229,7 +238,8 @@ def encode_batch(batch: pa.Table, png_level: int, schema: pa.Schema) -> pa.Table
         if row["error"] is None:
             try:
                 image = _pixels(row)
-                result.update(image=encode_png(image, png_level), width=image.shape[1], height=image.shape[0],
+                info = SourceInfo(row["icc_profile"], row["exif"], tuple(row["dpi"]) if row["dpi"] else None)
+                result.update(image=encode_png(image, png_level, info), width=image.shape[1], height=image.shape[0],
                               channels=channels(image), status="ok")
             except Exception as exc:  # noqa: BLE001
                 result["error"] = _error_text(exc)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raeae.images import ImageError, decode, encode_png
+from raeae.images import ImageError, SourceInfo, decode, decode_image, encode_png
 
 
 def enc(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -68,3 +68,58 @@ def test_decompression_bomb_is_refused_from_the_header():
     with pytest.raises(ImageError, match="over the limit"):
         decode(big, max_pixels=10_000_000)
     assert decode(big, max_pixels=20_000_000)[0].shape == (3000, 4000)
+
+
+def srgb_profile() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def camera_exif(orientation: int = 6) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation 6: stored on its side, displayed turned 90 degrees clockwise
+    exif[0x010F] = "raeae test camera"  # Make
+    return exif.tobytes()
+
+
+def test_a_camera_jpeg_keeps_its_orientation_colour_profile_and_dpi_in_the_restored_png():
+    icc = srgb_profile()
+    data = enc(Image.fromarray(RGB), "JPEG", exif=camera_exif(), icc_profile=icc, dpi=(300, 300))
+    image, mode, info = decode_image(data)
+    assert mode == "RGB" and image.shape == (21, 13, 3)  # the pixels as stored: turning them is the viewer's job
+    assert info.icc_profile == icc and info.dpi == (300.0, 300.0) and info.exif.startswith(b"Exif")
+    out = Image.open(io.BytesIO(encode_png(image, 1, info)))
+    assert out.info["icc_profile"] == icc and out.getexif()[0x0112] == 6
+    assert out.getexif()[0x010F] == "raeae test camera" and out.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+
+
+def test_without_metadata_the_png_is_the_same_as_before():
+    image, _, info = decode_image(enc(Image.fromarray(RGB), "PNG"))
+    assert info == SourceInfo()
+    assert encode_png(image, 1, info) == encode_png(image, 1)
+    assert not Image.open(io.BytesIO(encode_png(image, 1, info))).info
+
+
+def test_a_profile_that_no_longer_fits_the_pixels_is_dropped():
+    rgb_profile = srgb_profile()
+    cmyk_profile = rgb_profile[:16] + b"CMYK" + rgb_profile[20:]  # what a print scan carries
+    _, mode, info = decode_image(enc(Image.fromarray(RGB).convert("CMYK"), "JPEG", icc_profile=cmyk_profile))
+    assert mode == "CMYK" and info.icc_profile is None  # the pixels became RGB; a CMYK profile would garble them
+    _, _, info = decode_image(enc(Image.fromarray(GRAY), "PNG", icc_profile=rgb_profile))
+    assert info.icc_profile is None  # an RGB profile on gray pixels
+    _, _, info = decode_image(enc(Image.fromarray(RGB).convert("P"), "PNG", icc_profile=rgb_profile))
+    assert info.icc_profile == rgb_profile  # palette -> RGB: the profile still describes the colours
+
+
+def test_a_damaged_exif_block_is_carried_as_it_was_not_parsed():
+    junk = b"Exif\x00\x00" + bytes(rng.integers(0, 256, 64, dtype=np.uint8))
+    image, _, info = decode_image(enc(Image.fromarray(RGB), "JPEG", exif=junk))
+    assert info.exif == junk
+    assert Image.open(io.BytesIO(encode_png(image, 1, info))).info["exif"].endswith(junk[6:])
+
+
+@pytest.mark.parametrize("dpi", [(0, 0), (72, 0)])
+def test_a_zero_resolution_is_no_resolution(dpi):
+    _, _, info = decode_image(enc(Image.fromarray(GRAY), "PNG", dpi=dpi))
+    assert info.dpi is None

@@ -3,12 +3,14 @@ per file, turns any failure into that file's error row, and restores exactly wha
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from PIL import Image
 
 import raeae
 from raeae.images import decode
@@ -149,6 +151,34 @@ def test_fused_stage_gives_the_staged_rows_and_a_missing_file_keeps_its_place(fo
     assert [r["path"] for r in out] == [r["path"] for r in rows]  # read concurrently, kept in order
     assert out[2]["status"] == "error" and "gone.png" in out[2]["error"]
     assert sum(r["status"] == "ok" for r in out) == 3
+
+
+@pytest.mark.parametrize("copy_metadata", [True, False])
+def test_restored_pngs_keep_the_sources_orientation_profile_and_dpi_unless_told_not_to(tmp_path, trained_checkpoint,
+                                                                                       copy_metadata):
+    from PIL import ImageCms
+
+    exif = Image.Exif()
+    exif[0x0112] = 8  # Orientation: stored on its side
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    buf = io.BytesIO()
+    Image.fromarray(photo("astronaut.png")[:24, :40]).save(buf, "JPEG", exif=exif.tobytes(), icc_profile=icc,
+                                                           dpi=(600, 600))
+    (tmp_path / "scan.jpg").write_bytes(buf.getvalue())
+    (tmp_path / "plain.png").write_bytes(png_bytes(photo("camera.png")[:20, :20]))
+    decoded = decode_batch(listing(tmp_path), str(tmp_path), StorageConfig(), max_pixels=10**6,
+                           copy_metadata=copy_metadata)
+    stage = ModelStage(str(trained_checkpoint), raeae_model_id(trained_checkpoint), StorageConfig(), stride=0,
+                       tile_batch=64, threads=1)
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in encode_batch(stage(decoded), png_level=1, schema=SCHEMA).to_pylist()}
+    scan, plain = Image.open(io.BytesIO(rows["scan.jpg"]["image"])), Image.open(io.BytesIO(rows["plain.png"]["image"]))
+    assert rows["scan.jpg"]["status"] == "ok" and scan.size == (40, 24)
+    if copy_metadata:
+        assert scan.getexif()[0x0112] == 8 and scan.info["icc_profile"] == icc
+        assert scan.info["dpi"] == pytest.approx((600, 600), abs=0.1)
+    else:
+        assert not scan.info and not scan.getexif()
+    assert not plain.info  # a source without metadata gains none
 
 
 def raeae_model_id(path) -> str:
