@@ -11,7 +11,8 @@ RGBA / LA              colour (or gray) restored, alpha copied      RGBA / LA PN
 P (palette)            expanded to RGB (RGBA if it has              RGB / RGBA PNG
                        transparency): a palette cannot hold the
                        new colours a restoration makes
-I;16 / I / F           scaled to 8-bit gray (16-bit >> 8)           8-bit gray PNG
+I;16 / I / F           scaled to 8-bit gray (16-bit >> 8; floats    8-bit gray PNG
+                       from 0 to 1 x 255; NaN refused)
 1 (bilevel)            gray 0/255                                   8-bit gray PNG
 CMYK / YCbCr / LAB     converted to RGB by Pillow                   RGB PNG
 =====================  ===========================================  ==========================
@@ -23,6 +24,9 @@ still displays upright (its Orientation tag) and keeps its date, camera and expo
 resolution (DPI), so a restored scan prints at its size. A profile that no longer fits the restored
 pixels (CMYK or Lab sources, which become RGB) is dropped. TIFF tags other than the resolution are
 not carried over.
+
+Files of several frames (multi-page TIFF, animated GIF, PNG or WebP) are refused: one output row
+holds one image. A JPEG with extra pictures (MPO: previews, depth or gain maps) gives its first.
 
 Images over ``max_pixels`` are refused from the header, before any pixel is decoded (decompression
 bombs). Every failure raises :class:`ImageError` with a message fit for an ``error`` column.
@@ -51,7 +55,12 @@ def _to_8bit(img: Image.Image) -> Image.Image:
         return Image.fromarray((a >> 8).astype(np.uint8), mode="L")
     if img.mode in ("I", "F"):
         a = np.asarray(img, dtype=np.float64)
-        scale = 255.0 / 65535.0 if a.max(initial=0) > 255 else 1.0
+        if not np.isfinite(a).all():
+            raise ImageError(f"{img.mode} image has NaN or infinite pixel values")
+        top = a.max(initial=0)
+        # the three conventions of such files: 16-bit counts, 8-bit levels, and floats from 0 to 1
+        # (a scientific scan's usual range, which the 8-bit reading would turn into black)
+        scale = 255.0 / 65535.0 if top > 255 else 255.0 if img.mode == "F" and top <= 1 else 1.0
         return Image.fromarray(np.clip(a * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
     if img.mode == "1":
         return img.convert("L")
@@ -93,6 +102,24 @@ def source_info(img: Image.Image, image: np.ndarray) -> SourceInfo:
     return SourceInfo(bytes(icc) if icc else None, bytes(exif) if exif else None, dpi)
 
 
+def _frames(img: Image.Image) -> int:
+    """The images a file holds that one restored PNG would lose: pages or an animation's frames. Not
+    counted: an MPO's extra pictures (a JPEG's previews, depth or gain maps, which viewers ignore: the
+    first picture is the photograph) and a TIFF's reduced-resolution copies (thumbnails a scanner adds,
+    NewSubfileType bit 0)."""
+    n = getattr(img, "n_frames", 1)
+    if n <= 1 or img.format == "MPO":
+        return 1
+    if img.format != "TIFF":
+        return n
+    full = 0
+    for i in range(n):
+        img.seek(i)
+        full += not int(img.tag_v2.get(254, 0)) & 1
+    img.seek(0)
+    return full
+
+
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
     """Bytes of a stored image -> (uint8 array H×W or H×W×C with C in 2, 3, 4; source Pillow mode)."""
     image, mode, _ = decode_image(data, max_pixels)
@@ -119,11 +146,17 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
                          f"(decompression bomb guard, --max-pixels)")
     if w < 1 or h < 1:
         raise ImageError(f"image has no pixels ({w}x{h})")
+    frames = _frames(img)
+    if frames > 1:
+        raise ImageError(f"{img.format} with {frames} frames (pages or animation): one row restores one "
+                         f"image; split the frames into files of their own")
     mode = img.mode
     try:
         img.load()
         img = _to_8bit(img)
         arr = np.asarray(img, dtype=np.uint8)
+    except ImageError:
+        raise
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt pixel data
         raise ImageError(f"cannot decode {img.format or 'image'} data ({type(exc).__name__}: {exc})") from None
     return arr, mode, source_info(img, arr)

@@ -123,3 +123,38 @@ def test_a_damaged_exif_block_is_carried_as_it_was_not_parsed():
 def test_a_zero_resolution_is_no_resolution(dpi):
     _, _, info = decode_image(enc(Image.fromarray(GRAY), "PNG", dpi=dpi))
     assert info.dpi is None
+
+
+FRAMES = [Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)) for _ in range(3)]
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "GIF", "PNG", "WEBP"])
+def test_pages_and_animations_are_refused_rather_than_cut_to_their_first_frame(fmt):
+    data = enc(FRAMES[0], fmt, save_all=True, append_images=FRAMES[1:])
+    with pytest.raises(ImageError, match=f"{fmt} with 3 frames .*split the frames"):
+        decode(data)
+    assert decode(enc(FRAMES[0], fmt))[0].shape == (20, 30, 3)  # the same format with one frame restores
+
+
+def test_a_jpegs_extra_pictures_and_a_tiffs_thumbnail_are_not_pages():
+    from PIL import TiffImagePlugin
+
+    mpo = enc(FRAMES[0], "MPO", save_all=True, append_images=FRAMES[1:2])  # e.g. a depth or gain map
+    assert Image.open(io.BytesIO(mpo)).n_frames == 2
+    assert decode(mpo)[0].shape == (20, 30, 3)
+    buf = io.BytesIO()
+    with TiffImagePlugin.AppendingTiffWriter(buf, True) as tiff:  # a scan with its reduced-resolution copy
+        FRAMES[0].save(tiff, "TIFF")
+        tiff.newFrame()
+        FRAMES[1].resize((10, 7)).save(tiff, "TIFF", tiffinfo={254: 1})  # NewSubfileType: reduced resolution
+        tiff.newFrame()
+    assert Image.open(io.BytesIO(buf.getvalue())).n_frames == 2
+    assert np.array_equal(decode(buf.getvalue())[0], np.asarray(FRAMES[0]))
+
+
+def test_float_images_from_0_to_1_are_scaled_and_nan_is_refused():
+    levels = GRAY.astype(np.float32) / 255
+    assert np.array_equal(decode(enc(Image.fromarray(levels), "TIFF"))[0], GRAY)
+    levels[3, 4] = np.nan
+    with pytest.raises(ImageError, match="NaN"):
+        decode(enc(Image.fromarray(levels), "TIFF"))
