@@ -42,6 +42,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+try:  # HEIC/HEIF (phone photographs): a dependency of raeae, absent only where torch alone is installed
+    # (bench/gpu_check.py's GPU machine), where such files would read as "not a recognised image format"
+    from pillow_heif import register_heif_opener
+except ImportError:  # pragma: no cover
+    register_heif_opener = None
+if register_heif_opener is not None:
+    register_heif_opener()  # libheif applies the file's rotation: pixels come out upright, EXIF says 1
+
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: beyond any photograph, below what a 64 GiB worker survives
 
 

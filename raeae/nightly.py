@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from raeae import checkpoint as ckpt
 from raeae.cluster import connect
 from raeae.restore import SCHEMA, RestoreConfig, parquet_files, print_summary, run_pipeline, summarise
-from raeae.storage import StorageConfig, StorageError, explain, list_images, resolve
+from raeae.storage import StorageConfig, StorageError, explain, list_files, resolve, skipped_note
 
 MANIFESTS = "_manifests"
 
@@ -169,7 +169,7 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
         ckpt.read_header(b, cfg.model)  # fail fast on a bad checkpoint
     ids = [ckpt.model_id(b) for b in model_bytes]
     model_ids, model_id = set(ids), "+".join(ids)
-    files = list_images(cfg.archive, storage)
+    files, skipped = list_files(cfg.archive, storage)
     fs, root = resolve(cfg.output, storage)
     try:
         manifests = _manifest_infos(fs, root)
@@ -187,6 +187,8 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
     todo = list(files) if cfg.reprocess else select_new(files, state, model_ids, cfg.retry_errors)
     print(f"raeae nightly: run {run_id}: {len(files)} images in {cfg.archive}, {len(todo)} to restore "
           f"(model {model_id})")
+    if skipped:
+        print(f"raeae nightly: {skipped_note(skipped)}")
     run_dir = posixpath.join(root, f"run={run_id}")
     t0 = time.perf_counter()
     if todo:
@@ -202,7 +204,8 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
     seq = (manifests[-1]["seq"] + 1) if manifests else 1
     manifest = {"run_id": run_id, "seq": seq, "model": cfg.model, "model_id": model_id, "archive": cfg.archive,
                 "files": [posixpath.relpath(f, root) for f in data_files], **summary,
-                "inputs_listed": len(files), "inputs_restored": len(todo), "reprocess": cfg.reprocess,
+                "inputs_listed": len(files), "inputs_skipped": len(skipped), "inputs_restored": len(todo),
+                "reprocess": cfg.reprocess,
                 "committed_at": datetime.now(timezone.utc).isoformat(), "output": cfg.output}
     _write_atomic(fs, posixpath.join(root, MANIFESTS, f"{seq:08d}-{run_id}.json"),
                   json.dumps(manifest, indent=2).encode())

@@ -27,7 +27,7 @@ from raeae.cluster import alive_nodes, connect, private_local, require, show_pro
 from raeae.images import DEFAULT_MAX_PIXELS
 from raeae.settings import TILE_BATCH, Blend, Layout, Precision
 from raeae.stages import FusedStage, ModelStage, decode_batch, encode_batch
-from raeae.storage import StorageConfig, StorageError, explain, list_images, resolve, write_bytes
+from raeae.storage import StorageConfig, StorageError, explain, list_files, resolve, skipped_note, write_bytes
 
 # The Parquet contract: one row per input file.
 SCHEMA = pa.schema([
@@ -413,12 +413,14 @@ def restore(cfg: RestoreConfig, verbose: bool = False) -> dict:
     model_bytes = ckpt.read_models(cfg.model, cfg.storage)
     states = [ckpt.read_header(b, cfg.model) for b in model_bytes]  # fail fast on a bad checkpoint, before Ray starts
     model_id = "+".join(ckpt.model_id(b) for b in model_bytes)
-    files = list_images(cfg.input, cfg.storage)
+    files, skipped = list_files(cfg.input, cfg.storage)
     out_fs, out_path = resolve(cfg.output, cfg.storage)
     _ensure_empty(out_fs, out_path, cfg.output)
     connect(verbose)
     print(f"raeae restore: {len(files)} images under {cfg.input} -> {cfg.output} "
           f"(model {cfg.model} {model_id}, patch {', '.join(str(s['model_config']['patch_size']) for s in states)})")
+    if skipped:
+        print(f"raeae restore: {skipped_note(skipped)}")
     t0 = time.perf_counter()
     spilled_before = spilled_bytes()
     if files:
@@ -429,7 +431,7 @@ def restore(cfg: RestoreConfig, verbose: bool = False) -> dict:
     if spilled:
         print(f"raeae restore: warning: Ray spilled {spilled / 2**20:.0f} MiB of objects to disk "
               f"(object store too small for the pipeline's working set; slower, not lossy)")
-    summary = {"files": len(files), **summarise(out_fs, parquet_files(out_fs, out_path), wall),
+    summary = {"files": len(files), "skipped_files": len(skipped), **summarise(out_fs, parquet_files(out_fs, out_path), wall),
                "spilled_bytes": spilled,
                "input": cfg.input, "output": cfg.output, "model_id": model_id}
     write_bytes(out_fs, posixpath.join(out_path, SUMMARY_FILE), json.dumps(summary, indent=2).encode())

@@ -21,7 +21,8 @@ from urllib.parse import urlparse
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".heic", ".heif", ".avif", ".bmp", ".tif", ".tiff",
+                    ".webp", ".gif", ".jp2", ".j2k", ".ppm", ".pgm", ".pbm", ".pnm")
 
 
 class StorageError(RuntimeError):
@@ -140,6 +141,13 @@ def list_images(uri: str, config: StorageConfig = StorageConfig(),
     A single file URI lists just that file. Raises :class:`StorageError` with one clear line when the
     location does not exist or cannot be reached.
     """
+    return list_files(uri, config, extensions)[0]
+
+
+def list_files(uri: str, config: StorageConfig = StorageConfig(),
+               extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> tuple[list[dict], list[str]]:
+    """(:func:`list_images`, the URIs of the other files there, sorted): what a command skips, so it can
+    say so rather than leave a file without a row and without a word."""
     import pyarrow.fs as pafs
 
     fs, path = resolve(uri, config)
@@ -155,16 +163,27 @@ def list_images(uri: str, config: StorageConfig = StorageConfig(),
         raise
     except OSError as exc:
         raise StorageError(explain(exc, uri)) from None
-    out = []
+    out, skipped = [], []
     for i in infos:
-        if i.type != pafs.FileType.File or not i.path.lower().endswith(extensions):
+        if i.type != pafs.FileType.File:
             continue
-        if posixpath.basename(i.path).startswith("."):  # hidden and partial files
+        # hidden files are skipped too: macOS's "._photo.jpg" resource forks, partial uploads
+        if not i.path.lower().endswith(extensions) or posixpath.basename(i.path).startswith("."):
+            skipped.append(display_uri(uri, i.path))
             continue
         mtime = i.mtime.timestamp() if i.mtime is not None else None
         out.append({"path": display_uri(uri, i.path), "size": int(i.size or 0), "mtime": mtime})
     out.sort(key=lambda r: r["path"])
-    return out
+    return out, sorted(skipped)
+
+
+def skipped_note(skipped: list[str], shown: int = 3) -> str:
+    """One line about the files a listing skipped ("" when none), naming the first few."""
+    if not skipped:
+        return ""
+    names = ", ".join(posixpath.basename(p) for p in skipped[:shown]) + (", ..." if len(skipped) > shown else "")
+    return (f"{len(skipped)} other file(s) skipped, not images by name or hidden ({names}); images end in "
+            f"{' '.join(IMAGE_EXTENSIONS)}")
 
 
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:

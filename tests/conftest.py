@@ -87,7 +87,7 @@ def clean_photos(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def noisy_folder(tmp_path_factory, clean_photos) -> Path:
     """Noisy copies (σ=25) of the clean photos, some cropped to odd sizes, in a nested folder with a
-    space in a name, plus a corrupt PNG and a text file named .png."""
+    space in a name, plus a corrupt PNG, a text file named .png and a README.txt (skipped, not an image)."""
     d = tmp_path_factory.mktemp("noisy")
     (d / "sub dir").mkdir()
     crops = {"camera.png": (slice(0, 201), slice(0, 157)), "astronaut.png": (slice(0, 130), slice(0, 171))}
@@ -104,6 +104,7 @@ def noisy_folder(tmp_path_factory, clean_photos) -> Path:
     full = png_bytes(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8))
     (d / "corrupt.png").write_bytes(full[: len(full) // 2])  # truncated mid-IDAT
     (d / "notes.png").write_text("not an image at all\n")
+    (d / "README.txt").write_text("scanned 1998; see the catalogue\n")  # not an image by name: no row, a note
     return d
 
 

@@ -33,6 +33,11 @@ GRAY = rng.integers(0, 256, (21, 13), dtype=np.uint8)
     (enc(Image.fromarray(GRAY).convert("1"), "PNG"), "1", (21, 13)),
     (enc(Image.fromarray(RGB), "BMP"), "RGB", (21, 13, 3)),
     (enc(Image.fromarray(RGB), "TIFF"), "RGB", (21, 13, 3)),
+    (enc(Image.fromarray(RGB), "JPEG2000"), "RGB", (21, 13, 3)),
+    (enc(Image.fromarray(RGB), "WEBP"), "RGB", (21, 13, 3)),
+    (enc(Image.fromarray(RGB), "AVIF"), "RGB", (21, 13, 3)),
+    (enc(Image.fromarray(RGB), "HEIF"), "RGB", (21, 13, 3)),
+    (enc(Image.fromarray(GRAY), "HEIF"), "L", (21, 13)),
     (enc(Image.fromarray(np.array([[7]], np.uint8)), "PNG"), "L", (1, 1)),
 ])
 def test_modes_decode_to_documented_shapes(data, mode, shape):
@@ -158,3 +163,14 @@ def test_float_images_from_0_to_1_are_scaled_and_nan_is_refused():
     levels[3, 4] = np.nan
     with pytest.raises(ImageError, match="NaN"):
         decode(enc(Image.fromarray(levels), "TIFF"))
+
+
+def test_a_phone_heic_stored_on_its_side_decodes_upright():
+    """HEIF stores rotation as a transform that libheif applies (pillow-heif then reports Orientation 1),
+    so the pixels come out as displayed and the restored PNG shows them the same way."""
+    data = enc(Image.fromarray(RGB), "HEIF", quality=95, exif=camera_exif(6))
+    image, mode, info = decode_image(data)
+    assert mode == "RGB" and image.shape == (13, 21, 3)  # turned: 21 rows x 13 columns stored
+    out = Image.open(io.BytesIO(encode_png(image, 1, info)))
+    assert out.size == (21, 13) and out.getexif().get(0x0112, 1) == 1
+    assert out.getexif()[0x010F] == "raeae test camera"

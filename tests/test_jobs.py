@@ -90,8 +90,8 @@ def test_train_restore_and_nightly_jobs(head, tmp_path, noisy_folder):
     assert "validation PSNR" in logs and (tmp_path / "model" / "model.pt").exists()
     logs = submit(head, "restore", "--model", str(tmp_path / "model"), "--input", str(noisy_folder),
                   "--output", str(tmp_path / "restored"))
-    assert "2 errors" in logs
-    n_files = sum(1 for p in noisy_folder.rglob("*") if p.is_file())
+    assert "2 errors" in logs and "1 other file(s) skipped, not images by name or hidden (README.txt)" in logs
+    n_files = sum(1 for p in noisy_folder.rglob("*") if p.is_file() and p.name != "README.txt")
     assert len(read_restored(str(tmp_path / "restored"))) == n_files
     submit(head, "nightly", "--model", str(tmp_path / "model"), "--archive", str(noisy_folder),
            "--output", str(tmp_path / "nightly"), "--run-id", "job1")

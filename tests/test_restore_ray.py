@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def check_rows(table, noisy_folder, clean_photos, prefix=""):
     rows = {os.path.basename(p): r for p, r in zip(table["path"].to_pylist(), table.to_pylist())}
-    files = [p for p in noisy_folder.rglob("*") if p.is_file()]
+    files = [p for p in noisy_folder.rglob("*") if p.is_file() and p.name != "README.txt"]
     assert len(table) == len(files) == len(rows)
     assert rows["corrupt.png"]["status"] == "error" and "truncated" in rows["corrupt.png"]["error"].lower()
     assert rows["notes.png"]["status"] == "error" and "not a recognised image" in rows["notes.png"]["error"]
@@ -51,6 +51,7 @@ def test_restore_folder_mixed_sizes_and_bad_files(ray_session, tmp_path, noisy_f
     assert len(list(out.glob("*.parquet"))) >= 2  # small --file-mb: a file per block
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["rows"] == summary["files"] == len(table) and summary["errors"] == 2
+    assert summary["skipped_files"] == 1  # README.txt: said, not restored
     assert summary["ok"] + summary["errors"] == summary["rows"] and summary["images_per_s"] > 0
     # The contract reads back in DuckDB and Polars too.
     con = duckdb.connect()
@@ -86,7 +87,7 @@ def test_restore_with_s3_input_and_output(ray_session, s3_env, tmp_path, noisy_f
     # the staged layout (the default with GPUs; CPU-only runs are fused): decode tasks read from S3
     summary = restore(RestoreConfig(model="s3://results/model", input=src + "/photos",
                                     output="s3://results/run1", layout=Layout.STAGED))
-    assert summary["errors"] == 2 and summary["rows"] == summary["files"]
+    assert summary["errors"] == 2 and summary["rows"] == summary["files"] and summary["skipped_files"] == 1
     table = read_restored("s3://results/run1")
     check_rows(table, noisy_folder, clean_photos, prefix="s3://archive/photos/")
 
