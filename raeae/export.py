@@ -5,9 +5,12 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from raeae.storage import StorageConfig, resolve, strip_scheme, write_bytes
+from raeae.storage import StorageConfig, StorageError, explain, resolve, strip_scheme, write_bytes
 
 
 @dataclass(frozen=True)
@@ -46,18 +49,54 @@ def export_names(paths: list[str]) -> dict[str, str]:
 
 
 def export(cfg: ExportConfig) -> int:
-    """Write every ok row's PNG; returns how many files were written."""
-    from raeae.nightly import read_restored
+    """Write every ok row's PNG (for a nightly output, each path's latest committed row); returns how
+    many files were written. The PNGs stream from the Parquet files a few rows at a time, so an export
+    holds the paths of the whole output but the images of only one batch (an output can be far larger
+    than memory)."""
+    from raeae.nightly import restored_files
 
     if not cfg.input or not cfg.output:
         raise ValueError("--input and --output are required")
-    table = read_restored(cfg.input, cfg.storage, columns=None)
-    ok = table.filter(pc.equal(table["status"], "ok")) if len(table) else table
-    paths = ok["path"].to_pylist()
-    names = export_names(paths)
-    fs, root = resolve(cfg.output, cfg.storage)
-    for path, png in zip(paths, ok["image"].to_pylist()):
-        write_bytes(fs, posixpath.join(root, names[path]), png)
-    print(f"raeae export: wrote {len(paths)} PNG files to {cfg.output} "
-          f"({len(table) - len(ok)} error rows skipped)")
-    return len(paths)
+    in_fs, files = restored_files(cfg.input, cfg.storage)
+    try:
+        latest = _latest_rows(in_fs, files)
+    except OSError as exc:
+        raise StorageError(explain(exc, cfg.input)) from None
+    ok = latest.filter(pc.equal(latest["status"], "ok"))
+    names = export_names(ok["path"].to_pylist())
+    wanted = set(zip(ok["_file"].to_pylist(), ok["_file_row"].to_pylist()))
+    wanted_files = {f for f, _ in wanted}
+    out_fs, root = resolve(cfg.output, cfg.storage)
+    written = 0
+    for i, (path, _) in enumerate(files):
+        if i not in wanted_files:
+            continue
+        row = 0
+        for batch in pq.ParquetFile(in_fs.open_input_file(path)).iter_batches(batch_size=EXPORT_BATCH,
+                                                                                columns=["path", "image"]):
+            for source, png in zip(batch.column("path").to_pylist(), batch.column("image").to_pylist()):
+                if (i, row) in wanted:
+                    write_bytes(out_fs, posixpath.join(root, names[source]), png)
+                    written += 1
+                row += 1
+    print(f"raeae export: wrote {written} PNG files to {cfg.output} ({len(latest) - len(ok)} error rows skipped)")
+    return written
+
+
+# rows per read while exporting: 64 large restored PNGs are tens of MB
+EXPORT_BATCH = 64
+
+
+def _latest_rows(fs, files: list[tuple[str, int]]) -> pa.Table:
+    """path, status, and where the row lies (``_file``: index into ``files``; ``_file_row``: row in that
+    file) of each path's latest row, read from the small columns only."""
+    from raeae.nightly import latest_per_path
+    from raeae.restore import SCHEMA
+
+    tables = [pq.read_table(path, filesystem=fs, columns=["path", "status"], schema=SCHEMA) for path, _ in files]
+    tables = [t.append_column("_file", pa.array(np.full(len(t), i), pa.int64()))
+              .append_column("_file_row", pa.array(np.arange(len(t)), pa.int64())) for i, t in enumerate(tables)]
+    if not tables:
+        return pa.table({"path": pa.array([], pa.string()), "status": pa.array([], pa.string()),
+                         "_file": pa.array([], pa.int64()), "_file_row": pa.array([], pa.int64())})
+    return latest_per_path(pa.concat_tables(tables))

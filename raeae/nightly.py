@@ -81,12 +81,17 @@ def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 
 def committed_table(fs: pafs.FileSystem, root: str, columns: list[str] | None = None) -> pa.Table:
     """All rows of all committed runs, in commit order, with the run's ``seq``."""
+    return _read_files(fs, [(posixpath.join(root, rel), m["seq"]) for m in _manifest_infos(fs, root)
+                            for rel in m["files"]], columns)
+
+
+def _read_files(fs: pafs.FileSystem, files: list[tuple[str, int]], columns: list[str] | None) -> pa.Table:
+    """The rows of ``files`` ((path, seq) in order), each file tagged with its ``seq`` (``_seq``)."""
     tables = []
-    for m in _manifest_infos(fs, root):
-        for rel in m["files"]:
-            # read as the current contract: a column added since that run reads as nulls
-            t = pq.read_table(posixpath.join(root, rel), filesystem=fs, columns=columns, schema=SCHEMA)
-            tables.append(t.append_column("_seq", pa.array(np.full(len(t), m["seq"]), pa.int64())))
+    for path, seq in files:
+        # read as the current contract: a column added since that run reads as nulls
+        t = pq.read_table(path, filesystem=fs, columns=columns, schema=SCHEMA)
+        tables.append(t.append_column("_seq", pa.array(np.full(len(t), seq), pa.int64())))
     if not tables:
         schema = pa.schema([SCHEMA.field(c) for c in columns]) if columns else SCHEMA
         return schema.empty_table().append_column("_seq", pa.array([], pa.int64()))
@@ -103,21 +108,27 @@ def latest_per_path(table: pa.Table) -> pa.Table:
     return t.take(pa.array(keep)).drop_columns(["_row"])
 
 
+def restored_files(output: str, storage: StorageConfig = StorageConfig()) -> tuple[pafs.FileSystem, list[tuple[str, int]]]:
+    """(filesystem, the data files a reader of ``output`` reads as (path, seq), in commit order): a
+    nightly output's committed runs, or a plain ``raeae restore`` output's files (seq 0)."""
+    fs, root = resolve(output, storage)
+    try:
+        if fs.get_file_info(posixpath.join(root, MANIFESTS)).type == pafs.FileType.Directory:
+            return fs, [(posixpath.join(root, rel), m["seq"]) for m in _manifest_infos(fs, root) for rel in m["files"]]
+        files = parquet_files(fs, root)
+        if not files and fs.get_file_info(root).type == pafs.FileType.NotFound:
+            raise StorageError(f"{output}: no such output")
+    except OSError as exc:
+        raise StorageError(explain(exc, output)) from None
+    return fs, [(f, 0) for f in files]
+
+
 def read_restored(output: str, storage: StorageConfig = StorageConfig(), columns: list[str] | None = None) -> pa.Table:
     """The latest committed row per source path of a nightly output, or every row of a plain
     ``raeae restore`` output; same columns as the Parquet contract."""
-    fs, root = resolve(output, storage)
+    fs, files = restored_files(output, storage)
     try:
-        is_nightly = fs.get_file_info(posixpath.join(root, MANIFESTS)).type == pafs.FileType.Directory
-        if is_nightly:
-            table = committed_table(fs, root, columns)
-        else:
-            files = parquet_files(fs, root)
-            if not files and fs.get_file_info(root).type == pafs.FileType.NotFound:
-                raise StorageError(f"{output}: no such output")
-            tables = [pq.read_table(f, filesystem=fs, columns=columns, schema=SCHEMA) for f in files]
-            table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
-            table = table.append_column("_seq", pa.array(np.zeros(len(table)), pa.int64()))
+        table = _read_files(fs, files, columns)
     except OSError as exc:
         raise StorageError(explain(exc, output)) from None
     return latest_per_path(table).drop_columns(["_seq"])
