@@ -18,7 +18,7 @@ from raeae.checkpoint import model_id as model_id_of
 from raeae.corrupt import Noise, NoiseConfig, corrupt
 from raeae.data import load_images
 from raeae.images import encode_png
-from raeae.inference import pick_model, restore_array, to_tensor, to_uint8
+from raeae.inference import pick_model, restore_array, to_pixels, to_tensor
 from raeae.metrics import psnr, ssim
 from raeae.patches import Blend
 from raeae.storage import StorageConfig
@@ -57,7 +57,7 @@ def make_noisy(clean: np.ndarray, noise: NoiseConfig, seed: int) -> np.ndarray:
     """The stored noisy image: corruption, clipping and 8-bit quantisation, as an archive would hold it."""
     gen = torch.Generator().manual_seed(seed)
     x = to_tensor(clean).unsqueeze(0)
-    return to_uint8(corrupt(x, NoiseConfig(**{**noise.__dict__, "clip": True}), gen)[0], squeeze=clean.ndim == 2)
+    return to_pixels(corrupt(x, NoiseConfig(**{**noise.__dict__, "clip": True}), gen)[0], squeeze=clean.ndim == 2)
 
 
 def _sigma(noise: NoiseConfig, noisy: np.ndarray) -> float:

@@ -11,8 +11,9 @@ RGBA / LA              colour (or gray) restored, alpha copied      RGBA / LA PN
 P (palette)            expanded to RGB (RGBA if it has              RGB / RGBA PNG
                        transparency): a palette cannot hold the
                        new colours a restoration makes
-I;16 / I / F           scaled to 8-bit gray (16-bit >> 8; floats    8-bit gray PNG
-                       from 0 to 1 x 255; NaN refused)
+I;16 (16-bit gray)     16-bit gray                                  16-bit gray PNG
+I / F                  scaled to 8-bit gray (16-bit counts >> 8;    8-bit gray PNG
+                       floats from 0 to 1 x 255; NaN refused)
 1 (bilevel)            gray 0/255                                   8-bit gray PNG
 CMYK / YCbCr / LAB     converted to RGB by Pillow                   RGB PNG
 =====================  ===========================================  ==========================
@@ -57,8 +58,13 @@ class ImageError(ValueError):
     """A file is not an image we can restore; the message says why."""
 
 
+SIXTEEN_BIT_GRAY = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+    """Any Pillow mode -> L, LA, RGB or RGBA (8 bits), by the policy in the module docstring; 16-bit
+    gray is not passed here when it is kept (:func:`decode_image`)."""
+    if img.mode in SIXTEEN_BIT_GRAY:
         a = np.asarray(img, dtype=np.uint16)
         return Image.fromarray((a >> 8).astype(np.uint8), mode="L")
     if img.mode in ("I", "F"):
@@ -129,13 +135,16 @@ def _frames(img: Image.Image) -> int:
 
 
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
-    """Bytes of a stored image -> (uint8 array H×W or H×W×C with C in 2, 3, 4; source Pillow mode)."""
+    """Bytes of a stored image -> (uint8 array H×W or H×W×C with C in 2, 3, 4; source Pillow mode).
+    8 bits always (16-bit gray is scaled down): what training, evaluation and the demo read."""
     image, mode, _ = decode_image(data, max_pixels)
-    return image, mode
+    return (image >> 8).astype(np.uint8) if image.dtype == np.uint16 else image, mode
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str, SourceInfo]:
-    """Like :func:`decode`, plus what the restored PNG keeps of the source (:class:`SourceInfo`)."""
+    """What a restore reads: like :func:`decode`, but 16-bit gray stays uint16 (H×W), so a 16-bit scan
+    is restored and written back at 16 bits; plus what the restored PNG keeps of the source
+    (:class:`SourceInfo`)."""
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
@@ -161,8 +170,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
     mode = img.mode
     try:
         img.load()
-        img = _to_8bit(img)
-        arr = np.asarray(img, dtype=np.uint8)
+        if img.mode in SIXTEEN_BIT_GRAY:
+            arr = np.asarray(img, dtype=np.uint16)
+        else:
+            arr = np.asarray(_to_8bit(img), dtype=np.uint8)
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt pixel data
@@ -171,8 +182,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
 
 
 def encode_png(image: np.ndarray, compress_level: int = 1, info: SourceInfo | None = None) -> bytes:
-    """uint8 H×W or H×W×C -> PNG bytes, with the source's ``info`` (colour profile, EXIF, DPI) when
-    given. Level 1: PNG encoding dominates a restore loop's time at the default level 6, for files
+    """uint8 H×W or H×W×C, or uint16 H×W (a 16-bit gray PNG) -> PNG bytes, with the source's ``info``
+    (colour profile, EXIF, DPI) when given. Level 1: PNG encoding dominates a restore loop's time at the default level 6, for files
     about 10 % larger."""
     info = info or SourceInfo()
     buf = io.BytesIO()  # Pillow writes no chunk for a None profile, EXIF or DPI

@@ -20,15 +20,29 @@ from raeae.patches import TileGrid, restore_tiles
 from raeae.settings import TILE_BATCH, Blend, Precision, default_stride, fast_bf16  # noqa: F401 - re-exported
 
 
+# The pixel types an image may have, and the value that stands for 1.0 (white) in each: 8-bit images,
+# and 16-bit gray (archival scans, microscopy, X-rays), which is restored and written back at 16 bits.
+PIXEL_MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 H×W or H×W×C -> float (C, H, W) in [0, 1]."""
-    t = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).float().div_(255.0)
+    """uint8 or uint16 H×W or H×W×C -> float (C, H, W) in [0, 1]."""
+    if image.dtype == np.uint8:
+        t = torch.from_numpy(np.array(image, copy=True)).float()
+    else:
+        t = torch.from_numpy(image.astype(np.float32))  # torch has no general uint16 arithmetic
+    t = t.div_(PIXEL_MAX[image.dtype])
     return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
 
 
-def to_uint8(t: torch.Tensor, squeeze: bool) -> np.ndarray:
-    """float (C, H, W) -> uint8 H×W×C (or H×W), rounding to nearest."""
-    a = t.clamp(0.0, 1.0).mul(255.0).add_(0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+def to_pixels(t: torch.Tensor, squeeze: bool, dtype: np.dtype = np.dtype(np.uint8)) -> np.ndarray:
+    """float (C, H, W) -> ``dtype`` (uint8 or uint16) H×W×C (or H×W), rounding to nearest."""
+    dtype = np.dtype(dtype)
+    scaled = t.clamp(0.0, 1.0).mul(PIXEL_MAX[dtype]).add_(0.5)
+    if dtype == np.uint8:
+        a = scaled.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    else:
+        a = scaled.to(torch.int32).permute(1, 2, 0).cpu().numpy().astype(dtype)
     return a[..., 0] if squeeze else a
 
 
@@ -53,10 +67,10 @@ def _gray(image: np.ndarray) -> bool:
 
 
 def _as_batch(model: DenseAutoencoder, image: np.ndarray, device: torch.device):
-    """The channel policy: ``image`` (uint8) as the ``(B, C, H, W)`` batch the model restores, and the
-    function that turns the restored batch back into a uint8 image of the input's shape."""
-    if image.dtype != np.uint8:
-        raise TypeError(f"expected a uint8 image, got {image.dtype}")
+    """The channel policy: ``image`` (uint8, or uint16) as the ``(B, C, H, W)`` batch the model restores,
+    and the function that turns the restored batch back into an image of the input's shape and type."""
+    if image.dtype not in PIXEL_MAX:
+        raise TypeError(f"expected a uint8 or uint16 image, got {image.dtype}")
     if image.ndim not in (2, 3) or image.size == 0:
         raise ValueError(f"expected an H×W or H×W×C image, got shape {image.shape}")
     colour, alpha = split_alpha(image)
@@ -76,7 +90,7 @@ def _as_batch(model: DenseAutoencoder, image: np.ndarray, device: torch.device):
             y = out[0].mean(dim=0, keepdim=True)
         else:
             y = out[0]
-        restored = to_uint8(y, squeeze=colour.ndim == 2)
+        restored = to_pixels(y, squeeze=colour.ndim == 2, dtype=image.dtype)
         if colour.ndim == 3 and restored.ndim == 2:
             restored = restored[..., None]
         return join_alpha(restored, alpha)
@@ -99,7 +113,8 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
                    on_forward: Callable[[float], None] | None = None,
                    noise_level: float | None = None,
                    on_sigma: Callable[[list[float | None]], None] | None = None) -> list[np.ndarray]:
-    """Restore many uint8 images (each H×W or H×W×1..4, any size); returns each restored, same shape.
+    """Restore many uint8 (or uint16) images (each H×W or H×W×1..4, any size); returns each restored,
+    same shape and type.
 
     The tiles of small images are packed into shared forward passes of up to ``batch_size`` rows of
     the network (a tile is one row, or three for an opponent-colour model, one per plane): a 64×64
@@ -198,7 +213,7 @@ def restore_array(model: DenseAutoencoder, image: np.ndarray, stride: int | None
                   batch_size: int = TILE_BATCH, device: torch.device | str | None = None,
                   blend: Blend = Blend.GAUSSIAN, ensemble: bool = False,
                   precision: Precision = Precision.AUTO, noise_level: float | None = None) -> np.ndarray:
-    """Restore a uint8 image (H×W, H×W×1..4) of any size; returns uint8 of the same shape. With
+    """Restore a uint8 (or uint16) image (H×W, H×W×1..4) of any size; returns the same shape and type. With
     ``ensemble`` the image is restored in its 8 flips/rotations and the results averaged (8× the work)."""
     return restore_arrays(model, [image], stride, batch_size, device, blend, ensemble, precision=precision,
                           noise_level=noise_level)[0]
@@ -214,5 +229,6 @@ def pick_model(models: list[DenseAutoencoder], image: np.ndarray) -> DenseAutoen
 
 
 def restore_image(model: DenseAutoencoder, image: np.ndarray, stride: int | None = None) -> np.ndarray:
-    """Public API: a uint8 numpy image of any size in, the restored uint8 image of the same shape out."""
+    """Public API: a uint8 (or 16-bit uint16) numpy image of any size in, the restored image of the same
+    shape and type out."""
     return restore_array(model, image, stride=stride)

@@ -1,7 +1,7 @@
 """The restore pipeline's stages, each a pure function of one batch (a ``pyarrow.Table``) so Ray Data
 can size and place them on its own:
 
-1. :func:`decode_batch` (CPU tasks): read each file and decode it to uint8 pixels;
+1. :func:`decode_batch` (CPU tasks): read each file and decode it to uint8 (16-bit gray: uint16) pixels;
 2. :class:`ModelStage` (the actor pool, GPU with ``--gpu``): the model, with the tiles of many images
    packed into each forward pass, then the tiles stitched back;
 3. :func:`encode_batch` (CPU tasks): PNG-encode and build the Parquet rows (``restore.SCHEMA``).
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # torch is imported by the model actors only: a decode or enc
     from raeae.inference import Precision
     from raeae.patches import Blend
 
-# Between stages: the listing's fields, the pixels (raw uint8, C order) with their shape, and the
+# Between stages: the listing's fields, the pixels (raw uint8 or uint16, C order) with their shape, and the
 # seconds each stage spent on the row. large_binary: a batch of big images passes 2 GiB.
 DECODED = pa.schema([
     pa.field("path", pa.string(), nullable=False),
@@ -46,6 +46,7 @@ DECODED = pa.schema([
     pa.field("height", pa.int32()),
     pa.field("width", pa.int32()),
     pa.field("depth", pa.int32()),  # 0 for an H×W array, else the third dimension
+    pa.field("bits", pa.int32()),  # 8 (uint8), or 16 (uint16: 16-bit gray, restored at 16 bits)
     pa.field("source_mode", pa.string()),
     # what the restored PNG keeps of the source (raeae.images.SourceInfo); null when it has none
     pa.field("icc_profile", pa.binary()),
@@ -66,12 +67,12 @@ def _error_text(exc: BaseException) -> str:
 
 def _pixels(row: dict) -> np.ndarray:
     shape = (row["height"], row["width"]) + ((row["depth"],) if row["depth"] else ())
-    return np.frombuffer(row["pixels"], dtype=np.uint8).reshape(shape)
+    return np.frombuffer(row["pixels"], dtype=np.uint16 if row["bits"] == 16 else np.uint8).reshape(shape)
 
 
 def _with_pixels(row: dict, image: np.ndarray) -> dict:
     return {**row, "pixels": image.tobytes(), "height": image.shape[0], "width": image.shape[1],
-            "depth": image.shape[2] if image.ndim == 3 else 0}
+            "depth": image.shape[2] if image.ndim == 3 else 0, "bits": image.dtype.itemsize * 8}
 
 
 _FILESYSTEMS: dict = {}
@@ -117,7 +118,7 @@ def decode_batch(batch: pa.Table, input_uri: str, storage: StorageConfig, max_pi
     for item, raw in zip(items, data):
         t0 = time.perf_counter()
         row = {"path": item["path"], "size": item["size"], "mtime": item["mtime"], "pixels": None,
-               "height": None, "width": None, "depth": None, "source_mode": None, "icc_profile": None,
+               "height": None, "width": None, "depth": None, "bits": None, "source_mode": None, "icc_profile": None,
                "exif": None, "dpi": None, "error": None, "model_id": None, "noise_sigma": None,
                "restore_s": 0.0, "forward_s": 0.0}
         try:

@@ -54,6 +54,10 @@ def test_16_bit_gray_is_scaled_not_clipped():
 def test_png_round_trip_is_lossless():
     for a in (GRAY, RGB):
         assert np.array_equal(decode(encode_png(a))[0], a)
+    deep = GRAY.astype(np.uint16) * 256 + 3
+    image, mode, _ = decode_image(encode_png(deep))
+    assert mode == "I;16" and image.dtype == np.uint16 and np.array_equal(image, deep)  # a restore keeps 16 bits
+    assert np.array_equal(decode(encode_png(deep))[0], GRAY)  # training and evaluation read 8 bits
 
 
 @pytest.mark.parametrize("data,words", [

@@ -49,6 +49,33 @@ def test_packed_restore_equals_one_image_at_a_time(channels):
         assert (out == alone).mean() > 0.99
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_bit_gray_is_restored_at_16_bits_like_its_8_bit_reading(channels):
+    model = small_model(channels)
+    gray8 = photo("camera.png")[:40, :50]
+    gray16 = gray8.astype(np.uint16) * 257 + np.random.default_rng(0).integers(0, 257, gray8.shape).astype(np.uint16)
+    out16, out8 = restore_arrays(model, [gray16, gray8], stride=3)
+    assert out16.dtype == np.uint16 and out16.shape == gray16.shape and out8.dtype == np.uint8
+    assert np.abs(out16 / 257.0 - out8).max() <= 2  # the same restoration, kept at 16 bits
+    assert len(np.unique(out16 % 257)) > 100  # and it uses the levels between the 8-bit ones
+    with pytest.raises(TypeError, match="uint8 or uint16"):
+        restore_array(model, gray8.astype(np.float32))
+
+
+def test_a_16_bit_scan_comes_out_a_16_bit_png(tmp_path, trained_checkpoint):
+    scan = (photo("camera.png")[:30, :40].astype(np.uint16) * 257)
+    (tmp_path / "scan.png").write_bytes(png_bytes(scan))
+    decoded = decode_batch(listing(tmp_path), str(tmp_path), StorageConfig(), max_pixels=10**6)
+    assert decoded.column("bits").to_pylist() == [16]
+    stage = ModelStage(str(trained_checkpoint), raeae_model_id(trained_checkpoint), StorageConfig(), stride=0,
+                       tile_batch=64, threads=1)
+    row = encode_batch(stage(decoded), png_level=1, schema=SCHEMA).to_pylist()[0]
+    out = Image.open(io.BytesIO(row["image"]))
+    assert row["status"] == "ok" and row["source_mode"] == "I;16" and out.mode == "I;16" and out.size == (40, 30)
+    alone = restore_array(raeae.load_model(str(trained_checkpoint)), scan, stride=4)
+    assert np.array_equal(np.asarray(out), alone)
+
+
 def test_opponent_colour_model_shares_the_gray_network():
     gray = small_model(1)
     colour = build_model(replace(gray.config, channels=3, color=ColorMode.OPPONENT))
