@@ -62,11 +62,8 @@ SIXTEEN_BIT_GRAY = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> L, LA, RGB or RGBA (8 bits), by the policy in the module docstring; 16-bit
-    gray is not passed here when it is kept (:func:`decode_image`)."""
-    if img.mode in SIXTEEN_BIT_GRAY:
-        a = np.asarray(img, dtype=np.uint16)
-        return Image.fromarray((a >> 8).astype(np.uint8), mode="L")
+    """Any Pillow mode but 16-bit gray (kept as it is) -> L, LA, RGB or RGBA, by the policy in the
+    module docstring."""
     if img.mode in ("I", "F"):
         a = np.asarray(img, dtype=np.float64)
         if not np.isfinite(a).all():
@@ -163,7 +160,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
                          f"(decompression bomb guard, --max-pixels)")
     if w < 1 or h < 1:
         raise ImageError(f"image has no pixels ({w}x{h})")
-    frames = _frames(img)
+    try:
+        frames = _frames(img)
+    except Exception as exc:  # noqa: BLE001 - a broken frame table is a broken file
+        raise ImageError(f"cannot read the frames of this {img.format or 'image'} ({type(exc).__name__}: {exc})") from None
     if frames > 1:
         raise ImageError(f"{img.format} with {frames} frames (pages or animation): one row restores one "
                          f"image; split the frames into files of their own")

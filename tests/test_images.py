@@ -178,3 +178,16 @@ def test_a_phone_heic_stored_on_its_side_decodes_upright():
     out = Image.open(io.BytesIO(encode_png(image, 1, info)))
     assert out.size == (21, 13) and out.getexif().get(0x0112, 1) == 1
     assert out.getexif()[0x010F] == "raeae test camera"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's own notes on the damaged TIFF and MPO headers
+@pytest.mark.parametrize("fmt", ["TIFF", "GIF", "PNG", "WEBP", "MPO", "HEIF"])
+def test_damaged_files_of_every_frame_kind_are_image_errors_only(fmt):
+    data = enc(FRAMES[0], fmt, save_all=True, append_images=FRAMES[1:])
+    noise = bytes(rng.integers(0, 256, 40, dtype=np.uint8))
+    for cut in range(1, len(data), max(1, len(data) // 25)):
+        for damaged in (data[:cut], data[:cut] + noise + data[cut + 40:]):
+            try:
+                decode_image(damaged)
+            except ImageError:
+                pass  # anything else would escape as a traceback instead of an error row's message
