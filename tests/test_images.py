@@ -134,31 +134,37 @@ def test_a_zero_resolution_is_no_resolution(dpi):
     assert info.dpi is None
 
 
-FRAMES = [Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)) for _ in range(3)]
+FRAME_PIXELS = [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8) for _ in range(3)]
+
+
+def multi_frame(fmt: str, count: int = 3) -> bytes:
+    """A file of ``count`` frames. Fresh images each time: Pillow leaves a save's settings on the frames
+    it appends, and the next format's writer trips over them."""
+    first, *rest = [Image.fromarray(a) for a in FRAME_PIXELS[:count]]
+    return enc(first, fmt, save_all=True, append_images=rest)
 
 
 @pytest.mark.parametrize("fmt", ["TIFF", "GIF", "PNG", "WEBP"])
 def test_pages_and_animations_are_refused_rather_than_cut_to_their_first_frame(fmt):
-    data = enc(FRAMES[0], fmt, save_all=True, append_images=FRAMES[1:])
     with pytest.raises(ImageError, match=f"{fmt} with 3 frames .*split the frames"):
-        decode(data)
-    assert decode(enc(FRAMES[0], fmt))[0].shape == (20, 30, 3)  # the same format with one frame restores
+        decode(multi_frame(fmt))
+    assert decode(multi_frame(fmt, 1))[0].shape == (20, 30, 3)  # the same format with one frame restores
 
 
 def test_a_jpegs_extra_pictures_and_a_tiffs_thumbnail_are_not_pages():
     from PIL import TiffImagePlugin
 
-    mpo = enc(FRAMES[0], "MPO", save_all=True, append_images=FRAMES[1:2])  # e.g. a depth or gain map
+    mpo = multi_frame("MPO", 2)  # e.g. a depth or gain map
     assert Image.open(io.BytesIO(mpo)).n_frames == 2
     assert decode(mpo)[0].shape == (20, 30, 3)
     buf = io.BytesIO()
     with TiffImagePlugin.AppendingTiffWriter(buf, True) as tiff:  # a scan with its reduced-resolution copy
-        FRAMES[0].save(tiff, "TIFF")
+        Image.fromarray(FRAME_PIXELS[0]).save(tiff, "TIFF")
         tiff.newFrame()
-        FRAMES[1].resize((10, 7)).save(tiff, "TIFF", tiffinfo={254: 1})  # NewSubfileType: reduced resolution
+        Image.fromarray(FRAME_PIXELS[1]).resize((10, 7)).save(tiff, "TIFF", tiffinfo={254: 1})  # NewSubfileType: reduced resolution
         tiff.newFrame()
     assert Image.open(io.BytesIO(buf.getvalue())).n_frames == 2
-    assert np.array_equal(decode(buf.getvalue())[0], np.asarray(FRAMES[0]))
+    assert np.array_equal(decode(buf.getvalue())[0], FRAME_PIXELS[0])
 
 
 def test_float_images_from_0_to_1_are_scaled_and_nan_is_refused():
@@ -183,8 +189,8 @@ def test_a_phone_heic_stored_on_its_side_decodes_upright():
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's own notes on the damaged TIFF and MPO headers
 @pytest.mark.parametrize("fmt", ["TIFF", "GIF", "PNG", "WEBP", "MPO", "HEIF"])
 def test_damaged_files_of_every_frame_kind_are_image_errors_only(fmt):
-    data = enc(FRAMES[0], fmt, save_all=True, append_images=FRAMES[1:])
-    noise = bytes(rng.integers(0, 256, 40, dtype=np.uint8))
+    data = multi_frame(fmt)
+    noise = bytes(np.random.default_rng(1).integers(0, 256, 40, dtype=np.uint8))
     for cut in range(1, len(data), max(1, len(data) // 25)):
         for damaged in (data[:cut], data[:cut] + noise + data[cut + 40:]):
             try:
