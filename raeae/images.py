@@ -131,6 +131,38 @@ def _frames(img: Image.Image) -> int:
     return full
 
 
+# The first bytes of each format we read (a file's "magic number")
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+               (b"\xffO\xffQ", "JPEG 2000"))
+
+
+def signature(data: bytes) -> str | None:
+    """The image format ``data``'s first bytes announce, if any (HEIF and AVIF by their ``ftyp`` brand,
+    WebP by its RIFF form type)."""
+    for magic, kind in _SIGNATURES:
+        if data.startswith(magic):
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        return "AVIF" if brand in (b"avif", b"avis") else "HEIF" if brand[:3] in (b"hei", b"hev", b"mif") else None
+    return None
+
+
+def _unreadable(data: bytes, exc: Exception) -> str:
+    """Why ``data`` could not even be opened, for the error column."""
+    unidentified = isinstance(exc, Image.UnidentifiedImageError)
+    why = "" if unidentified else f"{type(exc).__name__}: {exc}; "
+    kind = signature(data)
+    if kind:  # its first bytes say what it is, yet its header cannot be read: cut short or garbled
+        return f"truncated or corrupt {kind} file: its header cannot be read ({why}{len(data)} bytes)"
+    if unidentified:
+        return f"not a recognised image format (starts with {data[:8]!r}, {len(data)} bytes)"
+    return f"not a readable image ({why}{len(data)} bytes)"
+
+
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
     """Bytes of a stored image -> (uint8 array H×W or H×W×C with C in 2, 3, 4; source Pillow mode).
     8 bits always (16-bit gray is scaled down): what training, evaluation and the demo read."""
@@ -150,10 +182,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageError(f"refused: {exc}") from None
-    except Image.UnidentifiedImageError:
-        raise ImageError(f"not a recognised image format (starts with {data[:8]!r}, {len(data)} bytes)") from None
     except Exception as exc:  # noqa: BLE001 - any failure to identify means "not an image"
-        raise ImageError(f"not a readable image ({type(exc).__name__}: {exc})") from None
+        raise ImageError(_unreadable(data, exc)) from None
     w, h = img.size
     if w * h > max_pixels:
         raise ImageError(f"refused: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "

@@ -41,6 +41,11 @@ def write_catalogue(folder: Path, max_pixels: int) -> dict[str, tuple[str, objec
         "scan.tiff": (_save(Image.fromarray(gray), "TIFF"), ("ok", (37, 23, 1))),
         "bomb.png": (_save(Image.new("L", (side, side)), "PNG"), ("error", "over the limit")),
         "ñandú café/日本 写真.png": (_save(Image.fromarray(gray), "PNG"), ("ok", (37, 23, 1))),
+        "header cut.png": (full_png[:30], ("error", "truncated or corrupt png file")),
+        "phone.heic": (_save(Image.fromarray(rgb), "HEIF"), ("ok", (37, 23, 3))),
+        "animated.gif": (_save(Image.fromarray(rgb), "GIF", save_all=True,
+                               append_images=[Image.fromarray(255 - rgb)]), ("error", "2 frames")),
+        "floats 0-1.tiff": (_save(Image.fromarray(gray.astype(np.float32) / 255), "TIFF"), ("ok", (37, 23, 1))),
     }
     out = {}
     for name, (data, expect) in cases.items():

@@ -64,6 +64,8 @@ def test_png_round_trip_is_lossless():
     (b"", "empty"),
     (b"hello, I am text\n", "not a recognised image"),
     (enc(Image.fromarray(RGB), "PNG")[:50], "truncated"),
+    (enc(Image.fromarray(RGB), "PNG")[:40], "truncated or corrupt PNG file: its header cannot be read \\(40 bytes"),
+    (enc(Image.fromarray(RGB), "HEIF")[:30], "truncated or corrupt HEIF file"),
     (enc(Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)), "JPEG")[:400], "truncated"),
     (bytes(rng.integers(0, 256, 3000, dtype=np.uint8)), "not a recognised image"),
 ])
