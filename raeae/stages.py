@@ -232,7 +232,7 @@ def encode_batch(batch: pa.Table, png_level: int, schema: pa.Schema) -> pa.Table
     out = []
     for row in batch.to_pylist():
         t0 = time.perf_counter()
-        result = {"path": row["path"], "image": None, "width": None, "height": None, "channels": None,
+        result = {"path": row["path"], "image": None, "width": None, "height": None, "channels": None, "bits": None,
                   "source_mode": row["source_mode"], "status": "error", "error": row["error"],
                   "source_size": row["size"], "source_mtime": _ts_us(row["mtime"]), "model_id": row["model_id"],
                   "noise_sigma": row["noise_sigma"]}
@@ -241,7 +241,7 @@ def encode_batch(batch: pa.Table, png_level: int, schema: pa.Schema) -> pa.Table
                 image = _pixels(row)
                 info = SourceInfo(row["icc_profile"], row["exif"], tuple(row["dpi"]) if row["dpi"] else None)
                 result.update(image=encode_png(image, png_level, info), width=image.shape[1], height=image.shape[0],
-                              channels=channels(image), status="ok")
+                              channels=channels(image), bits=image.dtype.itemsize * 8, status="ok")
             except Exception as exc:  # noqa: BLE001
                 result["error"] = _error_text(exc)
         encode_s = time.perf_counter() - t0

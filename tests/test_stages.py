@@ -72,6 +72,7 @@ def test_a_16_bit_scan_comes_out_a_16_bit_png(tmp_path, trained_checkpoint):
     row = encode_batch(stage(decoded), png_level=1, schema=SCHEMA).to_pylist()[0]
     out = Image.open(io.BytesIO(row["image"]))
     assert row["status"] == "ok" and row["source_mode"] == "I;16" and out.mode == "I;16" and out.size == (40, 30)
+    assert row["bits"] == 16
     alone = restore_array(raeae.load_model(str(trained_checkpoint)), scan, stride=4)
     assert np.array_equal(np.asarray(out), alone)
 
@@ -312,7 +313,7 @@ def test_outputs_written_before_a_column_was_added_read_it_as_null(tmp_path):
 
     from raeae.nightly import MANIFESTS, read_restored
 
-    old_schema = pa.schema([f for f in SCHEMA if f.name != "noise_sigma"])  # the contract before noise_sigma
+    old_schema = pa.schema([f for f in SCHEMA if f.name not in ("noise_sigma", "bits")])  # the contract before them
     row = {"path": "/a.png", "status": "ok", "model_id": "m", "restored_at": 0}
     plain, nightly = tmp_path / "plain", tmp_path / "nightly"
     plain.mkdir()
@@ -323,7 +324,7 @@ def test_outputs_written_before_a_column_was_added_read_it_as_null(tmp_path):
     (nightly / MANIFESTS / "1-n1.json").write_text(json.dumps({"seq": 1, "files": ["run=n1/part-0.parquet"]}))
     for out in (plain, nightly):
         table = read_restored(str(out))
-        assert table.schema == SCHEMA and table["noise_sigma"].to_pylist() == [None]
+        assert table.schema == SCHEMA and table["noise_sigma"].to_pylist() == table["bits"].to_pylist() == [None]
         assert read_restored(str(out), columns=["path", "noise_sigma"]).to_pylist() == [
             {"path": "/a.png", "noise_sigma": None}]
 
