@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from raeae.data import read_image
 from raeae.model import photo_config
 from raeae.nightly import NightlyConfig, nightly
+from raeae.restore import RestoreConfig
 from raeae.storage import StorageConfig, list_images, resolve
 from raeae.train import Preset, Scheme, budget_checks, budget_text, train
 
@@ -48,6 +49,9 @@ class ArchiveConfig:
         "help": "with --scheme recorrupt: the archive's noise std (0-255); 0 = estimate it from the images"})
     workers: int = field(default=1, metadata={"help": "Ray Train workers"})
     gpu: bool = field(default=False, metadata={"help": "train and restore on GPUs"})
+    copy_metadata: bool = field(default=True, metadata={
+        "help": "copy each source's colour profile, EXIF and DPI into its restored PNG (see `raeae restore "
+                "--help`); --no-copy-metadata leaves them out"})
     run_id: str = field(default="", metadata={"help": "name of the run (default: UTC time)"})
     seed: int = field(default=0, metadata={"help": "seed for the sample, masking and init"})
     storage: StorageConfig = StorageConfig()
@@ -93,5 +97,11 @@ def self_train_and_restore(cfg: ArchiveConfig, verbose: bool = False) -> dict:
                      storage=cfg.storage, storage_path=posixpath.join(root, "_models", "ray"))
     train(recipe, verbose=verbose)
     print(f"raeae archive: step 2/2: restore all of {cfg.archive} with it")
-    return nightly(NightlyConfig(model=model_dir, archive=cfg.archive, output=cfg.output, run_id=run_id),
-                   verbose=verbose)
+    return nightly(restore_step(cfg, model_dir, run_id), verbose=verbose)
+
+
+def restore_step(cfg: ArchiveConfig, model_dir: str, run_id: str) -> NightlyConfig:
+    """The nightly run that restores the archive with the model just trained, on the same kind of
+    worker (--gpu) as the training."""
+    return NightlyConfig(model=model_dir, archive=cfg.archive, output=cfg.output, run_id=run_id,
+                         restore=RestoreConfig(gpu=cfg.gpu, copy_metadata=cfg.copy_metadata))

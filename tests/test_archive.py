@@ -226,3 +226,16 @@ def test_the_archive_model_is_colour_when_most_images_are_colour_as_restore_sees
     assert majority_channels(str(tmp_path), StorageConfig()) == 1  # 2 colour, 2 gray: a tie is gray
     save("f.png", "P")  # a palette image decodes to RGB
     assert majority_channels(str(tmp_path), StorageConfig()) == 3
+
+
+def test_the_archive_restores_on_the_kind_of_worker_it_trained_on():
+    """`raeae archive --gpu` trained on GPUs and then restored on CPUs: the restore step took the
+    nightly's default RestoreConfig."""
+    from raeae.archive import ArchiveConfig, restore_step
+
+    for gpu, keep in ((True, False), (False, True)):
+        cfg = ArchiveConfig(archive="s3://a/in", output="s3://a/out", gpu=gpu, copy_metadata=keep)
+        step = restore_step(cfg, "s3://a/out/_models/r1", "r1")
+        assert (step.restore.gpu, step.restore.copy_metadata) == (gpu, keep)
+        assert (step.model, step.archive, step.output, step.run_id) == ("s3://a/out/_models/r1", "s3://a/in",
+                                                                          "s3://a/out", "r1")
