@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from raeae import checkpoint as ckpt
 from raeae.cluster import connect
 from raeae.restore import SCHEMA, RestoreConfig, parquet_files, print_summary, run_pipeline, summarise
-from raeae.storage import StorageConfig, StorageError, explain, list_files, resolve, skipped_note
+from raeae.storage import StorageConfig, StorageError, explain, first_names, list_files, resolve, skipped_note
 
 MANIFESTS = "_manifests"
 
@@ -157,6 +157,14 @@ def select_new(files: list[dict], state: pa.Table, model_ids: set[str], retry_er
     return out
 
 
+def gone_from_archive(files: list[dict], state: pa.Table) -> list[str]:
+    """Paths that committed runs restored but the archive no longer lists, sorted. Their rows stay: a
+    listing that misses files for a night (a permission change, a moved prefix) must not delete what
+    was restored, and the restored image may be the only good copy left."""
+    listed = {f["path"] for f in files}
+    return sorted({p for p in state["path"].to_pylist() if p not in listed})
+
+
 def _clean_uncommitted(fs: pafs.FileSystem, root: str, committed_ids: set[str]) -> list[str]:
     """Delete run folders that have no manifest: the remains of crashed attempts."""
     removed = []
@@ -200,6 +208,10 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
           f"(model {model_id})")
     if skipped:
         print(f"raeae nightly: {skipped_note(skipped)}")
+    gone = gone_from_archive(files, state)
+    if gone:
+        print(f"raeae nightly: {len(gone)} file(s) restored by earlier runs are no longer in the archive; "
+              f"their rows stay ({first_names(gone)})")
     run_dir = posixpath.join(root, f"run={run_id}")
     t0 = time.perf_counter()
     if todo:
@@ -215,7 +227,8 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
     seq = (manifests[-1]["seq"] + 1) if manifests else 1
     manifest = {"run_id": run_id, "seq": seq, "model": cfg.model, "model_id": model_id, "archive": cfg.archive,
                 "files": [posixpath.relpath(f, root) for f in data_files], **summary,
-                "inputs_listed": len(files), "inputs_skipped": len(skipped), "inputs_restored": len(todo),
+                "inputs_listed": len(files), "inputs_skipped": len(skipped), "inputs_gone": len(gone),
+                "inputs_restored": len(todo),
                 "reprocess": cfg.reprocess,
                 "committed_at": datetime.now(timezone.utc).isoformat(), "output": cfg.output}
     _write_atomic(fs, posixpath.join(root, MANIFESTS, f"{seq:08d}-{run_id}.json"),

@@ -177,13 +177,17 @@ def list_files(uri: str, config: StorageConfig = StorageConfig(),
     return out, sorted(skipped)
 
 
-def skipped_note(skipped: list[str], shown: int = 3) -> str:
+def first_names(paths: list[str], shown: int = 3) -> str:
+    """The file names of the first ``shown`` paths, for a one-line note ("a.png, b.png, ...")."""
+    return ", ".join(posixpath.basename(p) for p in paths[:shown]) + (", ..." if len(paths) > shown else "")
+
+
+def skipped_note(skipped: list[str]) -> str:
     """One line about the files a listing skipped ("" when none), naming the first few."""
     if not skipped:
         return ""
-    names = ", ".join(posixpath.basename(p) for p in skipped[:shown]) + (", ..." if len(skipped) > shown else "")
-    return (f"{len(skipped)} other file(s) skipped, not images by name or hidden ({names}); images end in "
-            f"{' '.join(IMAGE_EXTENSIONS)}")
+    return (f"{len(skipped)} other file(s) skipped, not images by name or hidden ({first_names(skipped)}); "
+            f"images end in {' '.join(IMAGE_EXTENSIONS)}")
 
 
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:

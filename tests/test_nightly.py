@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -33,15 +34,16 @@ def test_three_nights_restore_new_and_changed_exactly_once(ray_session, tmp_path
     make_archive(archive, ["a3.png"], seed=2, size=(44, 30))  # changed: new size and mtime
     night2 = nightly(NightlyConfig(**{**cfg.__dict__, "run_id": "n2"}))
     assert night2["inputs_restored"] == 3
+    (archive / "a0.png").unlink()  # gone from the archive: its restored row stays, and the run says so
     night3 = nightly(NightlyConfig(**{**cfg.__dict__, "run_id": "n3"}))
-    assert night3["inputs_restored"] == 0
+    assert night3["inputs_restored"] == 0 and night3["inputs_gone"] == 1
     assert nightly(NightlyConfig(**{**cfg.__dict__, "run_id": "n2"}))["seq"] == night2["seq"]  # committed: no-op
     table = read_restored(str(out))
     assert len(table) == 8 and len(set(table["path"].to_pylist())) == 8
     a3 = [r for r in table.to_pylist() if r["path"] == str(archive / "a3.png")]
     assert len(a3) == 1 and (a3[0]["height"], a3[0]["width"]) == (44, 30)
     again = nightly(NightlyConfig(**{**cfg.__dict__, "run_id": "n4", "reprocess": True}))
-    assert again["inputs_restored"] == 8 and len(read_restored(str(out))) == 8
+    assert again["inputs_restored"] == 7 and len(read_restored(str(out))) == 8
 
 
 def run_nightly_cli(archive, out, model, run_id):
@@ -71,3 +73,15 @@ def test_killed_run_then_rerun_equals_an_unbroken_run(tmp_path, trained_checkpoi
     assert set(table["status"].to_pylist()) == {"ok"}
     committed_rows = sum(1 for _ in paths)
     assert committed_rows == 24
+
+
+def test_paths_gone_from_the_archive_are_found_from_the_committed_rows():
+    from raeae.nightly import gone_from_archive
+    from raeae.restore import SCHEMA
+
+    state = pa.Table.from_pylist([{"path": p, "status": "ok", "model_id": "m", "restored_at": 0}
+                                  for p in ["s3://a/x.png", "s3://a/y.png", "s3://a/x.png", "s3://a/z.png"]],
+                                 schema=SCHEMA)
+    assert gone_from_archive([{"path": "s3://a/y.png"}, {"path": "s3://a/new.png"}], state) == ["s3://a/x.png",
+                                                                                               "s3://a/z.png"]
+    assert gone_from_archive([], SCHEMA.empty_table()) == []
