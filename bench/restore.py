@@ -74,7 +74,7 @@ def plain_loop(model: str, folder: str, out: str) -> None:
 
     import raeae
     from raeae import checkpoint as ckpt
-    from raeae.images import channels, decode_image, encode_png
+    from raeae.images import bits, channels, decode_image, encode_png
     from raeae.inference import pick_model
     from raeae.restore import SCHEMA
     from raeae.storage import list_images
@@ -89,7 +89,7 @@ def plain_loop(model: str, folder: str, out: str) -> None:
                 image, mode, info = decode_image(fh.read())  # the source's profile, EXIF, DPI as raeae keeps them
             restored = raeae.restore_image(pick_model(models, image), image)
             row.update(image=encode_png(restored, 1, info), width=restored.shape[1], height=restored.shape[0],
-                       channels=channels(restored), bits=restored.dtype.itemsize * 8, source_mode=mode)
+                       channels=channels(restored), bits=bits(restored), source_mode=mode)
         except Exception as exc:  # noqa: BLE001
             row.update(status="error", error=str(exc))
         row.update(restored_at=int(time.time() * 1e6), seconds=time.perf_counter() - t0)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -53,13 +51,13 @@ def export(cfg: ExportConfig) -> int:
     many files were written. The PNGs stream from the Parquet files a few rows at a time, so an export
     holds the paths of the whole output but the images of only one batch (an output can be far larger
     than memory)."""
-    from raeae.nightly import restored_files
+    from raeae.nightly import latest_per_path, read_rows, restored_files
 
     if not cfg.input or not cfg.output:
         raise ValueError("--input and --output are required")
     in_fs, files = restored_files(cfg.input, cfg.storage)
-    try:
-        latest = _latest_rows(in_fs, files)
+    try:  # each path's latest row, and where it lies, from the small columns only
+        latest = latest_per_path(read_rows(in_fs, files, ["path", "status"]))
     except OSError as exc:
         raise StorageError(explain(exc, cfg.input)) from None
     ok = latest.filter(pc.equal(latest["status"], "ok"))
@@ -68,7 +66,7 @@ def export(cfg: ExportConfig) -> int:
     wanted_files = {f for f, _ in wanted}
     out_fs, root = resolve(cfg.output, cfg.storage)
     written = 0
-    for i, (path, _) in enumerate(files):
+    for i, path in enumerate(files):
         if i not in wanted_files:
             continue
         row = 0
@@ -86,17 +84,3 @@ def export(cfg: ExportConfig) -> int:
 # rows per read while exporting: 64 large restored PNGs are tens of MB
 EXPORT_BATCH = 64
 
-
-def _latest_rows(fs, files: list[tuple[str, int]]) -> pa.Table:
-    """path, status, and where the row lies (``_file``: index into ``files``; ``_file_row``: row in that
-    file) of each path's latest row, read from the small columns only."""
-    from raeae.nightly import latest_per_path
-    from raeae.restore import SCHEMA
-
-    tables = [pq.read_table(path, filesystem=fs, columns=["path", "status"], schema=SCHEMA) for path, _ in files]
-    tables = [t.append_column("_file", pa.array(np.full(len(t), i), pa.int64()))
-              .append_column("_file_row", pa.array(np.arange(len(t)), pa.int64())) for i, t in enumerate(tables)]
-    if not tables:
-        return pa.table({"path": pa.array([], pa.string()), "status": pa.array([], pa.string()),
-                         "_file": pa.array([], pa.int64()), "_file_row": pa.array([], pa.int64())})
-    return latest_per_path(pa.concat_tables(tables))

@@ -238,3 +238,8 @@ def join_alpha(image: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
 
 def channels(image: np.ndarray) -> int:
     return 1 if image.ndim == 2 else int(image.shape[2])
+
+
+def bits(image: np.ndarray) -> int:
+    """Bits per channel: 8 (uint8), or 16 (uint16, 16-bit gray)."""
+    return image.dtype.itemsize * 8

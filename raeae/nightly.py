@@ -80,26 +80,35 @@ def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 
 
 def committed_table(fs: pafs.FileSystem, root: str, columns: list[str] | None = None) -> pa.Table:
-    """All rows of all committed runs, in commit order, with the run's ``seq``."""
-    return _read_files(fs, [(posixpath.join(root, rel), m["seq"]) for m in _manifest_infos(fs, root)
-                            for rel in m["files"]], columns)
+    """All rows of all committed runs, in commit order, each with its place (:func:`read_rows`)."""
+    return read_rows(fs, _committed_files(fs, root), columns)
 
 
-def _read_files(fs: pafs.FileSystem, files: list[tuple[str, int]], columns: list[str] | None) -> pa.Table:
-    """The rows of ``files`` ((path, seq) in order), each file tagged with its ``seq`` (``_seq``)."""
+def _committed_files(fs: pafs.FileSystem, root: str) -> list[str]:
+    """The data files of the committed runs, in commit order (what the manifests name)."""
+    return [posixpath.join(root, rel) for m in _manifest_infos(fs, root) for rel in m["files"]]
+
+
+# the columns read_rows adds: where each row lies (which of the files, in order, and which row of it)
+PLACE = ["_file", "_file_row"]
+
+
+def read_rows(fs: pafs.FileSystem, files: list[str], columns: list[str] | None) -> pa.Table:
+    """The rows of ``files`` in order, as the current contract (a column added since a file was written
+    reads as nulls), each with its place: ``_file`` (index into ``files``) and ``_file_row``."""
     tables = []
-    for path, seq in files:
-        # read as the current contract: a column added since that run reads as nulls
+    for i, path in enumerate(files):
         t = pq.read_table(path, filesystem=fs, columns=columns, schema=SCHEMA)
-        tables.append(t.append_column("_seq", pa.array(np.full(len(t), seq), pa.int64())))
+        tables.append(t.append_column(PLACE[0], pa.array(np.full(len(t), i), pa.int64()))
+                      .append_column(PLACE[1], pa.array(np.arange(len(t)), pa.int64())))
     if not tables:
         schema = pa.schema([SCHEMA.field(c) for c in columns]) if columns else SCHEMA
-        return schema.empty_table().append_column("_seq", pa.array([], pa.int64()))
+        return pa.schema([*schema, *(pa.field(c, pa.int64()) for c in PLACE)]).empty_table()
     return pa.concat_tables(tables)
 
 
 def latest_per_path(table: pa.Table) -> pa.Table:
-    """Keep the last row (highest ``_seq``, then last written) of every ``path``."""
+    """Keep the last row (files in commit order, then last written) of every ``path``."""
     if len(table) == 0:
         return table
     t = table.append_column("_row", pa.array(np.arange(len(table)), pa.int64()))
@@ -108,19 +117,19 @@ def latest_per_path(table: pa.Table) -> pa.Table:
     return t.take(pa.array(keep)).drop_columns(["_row"])
 
 
-def restored_files(output: str, storage: StorageConfig = StorageConfig()) -> tuple[pafs.FileSystem, list[tuple[str, int]]]:
-    """(filesystem, the data files a reader of ``output`` reads as (path, seq), in commit order): a
-    nightly output's committed runs, or a plain ``raeae restore`` output's files (seq 0)."""
+def restored_files(output: str, storage: StorageConfig = StorageConfig()) -> tuple[pafs.FileSystem, list[str]]:
+    """(filesystem, the data files a reader of ``output`` reads, in commit order): a nightly output's
+    committed runs, or a plain ``raeae restore`` output's files."""
     fs, root = resolve(output, storage)
     try:
         if fs.get_file_info(posixpath.join(root, MANIFESTS)).type == pafs.FileType.Directory:
-            return fs, [(posixpath.join(root, rel), m["seq"]) for m in _manifest_infos(fs, root) for rel in m["files"]]
+            return fs, _committed_files(fs, root)
         files = parquet_files(fs, root)
         if not files and fs.get_file_info(root).type == pafs.FileType.NotFound:
             raise StorageError(f"{output}: no such output")
     except OSError as exc:
         raise StorageError(explain(exc, output)) from None
-    return fs, [(f, 0) for f in files]
+    return fs, files
 
 
 def read_restored(output: str, storage: StorageConfig = StorageConfig(), columns: list[str] | None = None) -> pa.Table:
@@ -128,10 +137,10 @@ def read_restored(output: str, storage: StorageConfig = StorageConfig(), columns
     ``raeae restore`` output; same columns as the Parquet contract."""
     fs, files = restored_files(output, storage)
     try:
-        table = _read_files(fs, files, columns)
+        table = read_rows(fs, files, columns)
     except OSError as exc:
         raise StorageError(explain(exc, output)) from None
-    return latest_per_path(table).drop_columns(["_seq"])
+    return latest_per_path(table).drop_columns(PLACE)
 
 
 def _to_us(mtime: float | None) -> int | None:
@@ -228,8 +237,7 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
     manifest = {"run_id": run_id, "seq": seq, "model": cfg.model, "model_id": model_id, "archive": cfg.archive,
                 "files": [posixpath.relpath(f, root) for f in data_files], **summary,
                 "inputs_listed": len(files), "inputs_skipped": len(skipped), "inputs_gone": len(gone),
-                "inputs_restored": len(todo),
-                "reprocess": cfg.reprocess,
+                "inputs_restored": len(todo), "reprocess": cfg.reprocess,
                 "committed_at": datetime.now(timezone.utc).isoformat(), "output": cfg.output}
     _write_atomic(fs, posixpath.join(root, MANIFESTS, f"{seq:08d}-{run_id}.json"),
                   json.dumps(manifest, indent=2).encode())

@@ -432,8 +432,8 @@ def restore(cfg: RestoreConfig, verbose: bool = False) -> dict:
     if spilled:
         print(f"raeae restore: warning: Ray spilled {spilled / 2**20:.0f} MiB of objects to disk "
               f"(object store too small for the pipeline's working set; slower, not lossy)")
-    summary = {"files": len(files), "skipped_files": len(skipped), **summarise(out_fs, parquet_files(out_fs, out_path), wall),
-               "spilled_bytes": spilled,
+    summary = {"files": len(files), "skipped_files": len(skipped),
+               **summarise(out_fs, parquet_files(out_fs, out_path), wall), "spilled_bytes": spilled,
                "input": cfg.input, "output": cfg.output, "model_id": model_id}
     write_bytes(out_fs, posixpath.join(out_path, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
     print_summary("raeae restore", summary)

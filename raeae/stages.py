@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from raeae.images import SourceInfo, channels, decode_image, encode_png
+from raeae.images import SourceInfo, bits, channels, decode_image, encode_png
 from raeae.storage import StorageConfig, read_bytes, resolve, strip_scheme
 
 if TYPE_CHECKING:  # torch is imported by the model actors only: a decode or encode task's worker
@@ -72,7 +72,7 @@ def _pixels(row: dict) -> np.ndarray:
 
 def _with_pixels(row: dict, image: np.ndarray) -> dict:
     return {**row, "pixels": image.tobytes(), "height": image.shape[0], "width": image.shape[1],
-            "depth": image.shape[2] if image.ndim == 3 else 0, "bits": image.dtype.itemsize * 8}
+            "depth": image.shape[2] if image.ndim == 3 else 0, "bits": bits(image)}
 
 
 _FILESYSTEMS: dict = {}
@@ -241,7 +241,7 @@ def encode_batch(batch: pa.Table, png_level: int, schema: pa.Schema) -> pa.Table
                 image = _pixels(row)
                 info = SourceInfo(row["icc_profile"], row["exif"], tuple(row["dpi"]) if row["dpi"] else None)
                 result.update(image=encode_png(image, png_level, info), width=image.shape[1], height=image.shape[0],
-                              channels=channels(image), bits=image.dtype.itemsize * 8, status="ok")
+                              channels=channels(image), bits=bits(image), status="ok")
             except Exception as exc:  # noqa: BLE001
                 result["error"] = _error_text(exc)
         encode_s = time.perf_counter() - t0

@@ -1,6 +1,5 @@
 """`raeae export` on outputs written here without Ray: the latest committed row of each path, streamed."""
 
-import io
 import json
 
 import numpy as np
@@ -11,11 +10,11 @@ from PIL import Image
 from raeae.export import ExportConfig, export
 from raeae.restore import SCHEMA
 
+from conftest import png_bytes
+
 
 def png(value: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((4, 5), value, np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
+    return png_bytes(np.full((4, 5), value, np.uint8))
 
 
 def rows(*items: tuple[str, int | None]) -> pa.Table:
