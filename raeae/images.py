@@ -1,4 +1,4 @@
-"""Decoding stored images to uint8 arrays and encoding restored ones, with one documented policy.
+"""Decoding stored images to uint8 (or uint16) arrays and encoding restored ones, with one documented policy.
 
 Mode policy (what a file becomes, and what comes back out):
 
@@ -12,6 +12,9 @@ P (palette)            expanded to RGB (RGBA if it has              RGB / RGBA P
                        transparency): a palette cannot hold the
                        new colours a restoration makes
 I;16 (16-bit gray)     16-bit gray                                  16-bit gray PNG
+LA;16 RGB;16 RGBA;16   16-bit colour (or gray), alpha copied        16-bit PNG (48 or 64 bits
+(16 bits a channel:    (Pillow would read them at 8 bits, so they   a pixel)
+PNG and TIFF)          are read with imagecodecs: libpng, libtiff)
 I / F                  scaled to 8-bit gray (16-bit counts >> 8;    8-bit gray PNG
                        floats from 0 to 1 x 255; NaN refused)
 1 (bilevel)            gray 0/255                                   8-bit gray PNG
@@ -165,15 +168,15 @@ def _unreadable(data: bytes, exc: Exception) -> str:
 
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
     """Bytes of a stored image -> (uint8 array H×W or H×W×C with C in 2, 3, 4; source Pillow mode).
-    8 bits always (16-bit gray is scaled down): what training, evaluation and the demo read."""
+    8 bits always (16 bits a channel are scaled down): what training, evaluation and the demo read."""
     image, mode, _ = decode_image(data, max_pixels)
     return (image >> 8).astype(np.uint8) if image.dtype == np.uint16 else image, mode
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str, SourceInfo]:
-    """What a restore reads: like :func:`decode`, but 16-bit gray stays uint16 (H×W), so a 16-bit scan
-    is restored and written back at 16 bits; plus what the restored PNG keeps of the source
-    (:class:`SourceInfo`)."""
+    """What a restore reads: like :func:`decode`, but 16 bits a channel stay uint16 (16-bit gray H×W,
+    16-bit colour PNG and TIFF H×W×C), so a 16-bit scan or master is restored and written back at 16
+    bits; plus what the restored PNG keeps of the source (:class:`SourceInfo`)."""
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
@@ -197,6 +200,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
     if frames > 1:
         raise ImageError(f"{img.format} with {frames} frames (pages or animation): one row restores one "
                          f"image; split the frames into files of their own")
+    deep = _deep_mode(data, img)
+    if deep is not None:
+        arr = _read_deep(data, img, deep)
+        if arr is not None:
+            return arr, deep, source_info(img, arr)
     mode = img.mode
     try:
         img.load()
@@ -211,11 +219,79 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
     return arr, mode, source_info(img, arr)
 
 
+# Deep colour: 16 bits a channel with colour or alpha. Pillow has no such mode (it reads these files at 8
+# bits and cannot write them), so their pixels go through imagecodecs (libpng, libtiff) while Pillow
+# still reads the header: size, frames, profile, EXIF, DPI. PNG colour types with 16-bit samples:
+_DEEP_PNG = {4: "LA;16", 2: "RGB;16", 6: "RGBA;16"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _deep_mode(data: bytes, img: Image.Image) -> str | None:
+    """``LA;16``, ``RGB;16`` or ``RGBA;16`` for a PNG or TIFF of 16 unsigned bits a channel with colour or
+    alpha (read as such by :func:`_read_deep`); None for anything Pillow reads in full itself."""
+    if img.format == "PNG":  # IHDR, always the first chunk: bit depth at byte 24, colour type at 25
+        return _DEEP_PNG.get(data[25]) if len(data) > 25 and data[24] == 16 else None
+    if img.format == "TIFF" and img.mode in ("LA", "RGB", "RGBA"):
+        tags = img.tag_v2
+        sample_format = tags.get(339, 1)  # 1: unsigned integers; 2, 3: signed, floating point
+        unsigned = all(f == 1 for f in (sample_format if isinstance(sample_format, tuple) else (sample_format,)))
+        if unsigned and set(tags.get(258, ())) == {16} and tags.get(262) in (1, 2):  # gray or RGB samples
+            return f"{img.mode};16"
+    return None
+
+
+def _read_deep(data: bytes, img: Image.Image, mode: str) -> np.ndarray | None:
+    """A deep-colour file's pixels as uint16 H×W×C (C from its ``mode``, e.g. 3 for ``RGB;16``); None
+    for a layout this reader does not return so (the caller then reads it at 8 bits, as before)."""
+    import imagecodecs  # only here: ~0.07 s to import, and most archives hold no such file
+
+    try:
+        if img.format == "PNG":
+            arr = imagecodecs.png_decode(data)
+        else:
+            arr = imagecodecs.tiff_decode(data)  # the first page: files of several pages are refused before
+            if img.tag_v2.get(284) == 2:  # planar configuration: one plane per channel
+                arr = np.moveaxis(arr, 0, -1)
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt pixel data
+        raise ImageError(f"cannot decode {img.format} data ({type(exc).__name__}: {exc})") from None
+    w, h = img.size
+    if arr.dtype != np.uint16 or arr.shape != (h, w, len(mode.split(";")[0])):
+        return None
+    return np.ascontiguousarray(arr)
+
+
+def _png_chunks(png: bytes) -> list[bytes]:
+    """A PNG's chunks, each whole (length, type, data, CRC), in order."""
+    chunks, i = [], len(_PNG_SIGNATURE)
+    while i < len(png):
+        end = i + 12 + int.from_bytes(png[i:i + 4], "big")
+        chunks.append(png[i:end])
+        i = end
+    return chunks
+
+
+def _encode_deep_png(image: np.ndarray, compress_level: int, info: SourceInfo) -> bytes:
+    """uint16 H×W×C (C in 2, 3, 4) -> a 16-bit-a-channel PNG, with ``info``'s chunks as Pillow writes
+    them for an 8-bit image: Pillow encodes them for a one-pixel image of the same channels, and they
+    go in after the IHDR chunk (profile, EXIF and resolution all belong before the pixel data)."""
+    import imagecodecs
+
+    png = imagecodecs.png_encode(np.ascontiguousarray(image), level=compress_level)
+    if info == SourceInfo():
+        return png
+    carrier = encode_png(np.zeros((1, 1, image.shape[2]), np.uint8), 0, info)
+    extra = [c for c in _png_chunks(carrier) if c[4:8] not in (b"IHDR", b"IDAT", b"IEND")]
+    ihdr, *rest = _png_chunks(png)
+    return b"".join([_PNG_SIGNATURE, ihdr, *extra, *rest])
+
+
 def encode_png(image: np.ndarray, compress_level: int = 1, info: SourceInfo | None = None) -> bytes:
-    """uint8 H×W or H×W×C, or uint16 H×W (a 16-bit gray PNG) -> PNG bytes, with the source's ``info``
-    (colour profile, EXIF, DPI) when given. Level 1: PNG encoding dominates a restore loop's time at the default level 6, for files
-    about 10 % larger."""
+    """uint8 H×W or H×W×C, or uint16 (16 bits a channel: gray, gray with alpha, RGB, RGBA) -> PNG bytes,
+    with the source's ``info`` (colour profile, EXIF, DPI) when given. Level 1: PNG encoding dominates a
+    restore loop's time at the default level 6, for files about 10 % larger."""
     info = info or SourceInfo()
+    if image.dtype == np.uint16 and image.ndim == 3:
+        return _encode_deep_png(image, compress_level, info)
     buf = io.BytesIO()  # Pillow writes no chunk for a None profile, EXIF or DPI
     Image.fromarray(image).save(buf, format="PNG", compress_level=compress_level, icc_profile=info.icc_profile,
                                 exif=info.exif, dpi=info.dpi)
@@ -241,5 +317,5 @@ def channels(image: np.ndarray) -> int:
 
 
 def bits(image: np.ndarray) -> int:
-    """Bits per channel: 8 (uint8), or 16 (uint16, 16-bit gray)."""
+    """Bits per channel: 8 (uint8), or 16 (uint16: 16-bit gray or colour)."""
     return image.dtype.itemsize * 8

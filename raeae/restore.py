@@ -36,8 +36,8 @@ SCHEMA = pa.schema([
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
     pa.field("channels", pa.int32()),  # channels of the restored PNG (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA)
-    pa.field("bits", pa.int32()),  # bits per channel of the restored PNG: 8, or 16 for a 16-bit gray source
-    pa.field("source_mode", pa.string()),  # the source's Pillow mode (L, RGB, P, I;16, CMYK...)
+    pa.field("bits", pa.int32()),  # bits per channel of the restored PNG: 8, or 16 for a 16-bit source
+    pa.field("source_mode", pa.string()),  # the source's Pillow mode (L, RGB, P, I;16, CMYK...; RGB;16 etc.)
     pa.field("status", pa.string(), nullable=False),  # "ok" or "error"
     pa.field("error", pa.string()),  # why, when status is "error"; null when ok
     pa.field("source_size", pa.int64()),  # bytes, from the listing

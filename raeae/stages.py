@@ -1,7 +1,7 @@
 """The restore pipeline's stages, each a pure function of one batch (a ``pyarrow.Table``) so Ray Data
 can size and place them on its own:
 
-1. :func:`decode_batch` (CPU tasks): read each file and decode it to uint8 (16-bit gray: uint16) pixels;
+1. :func:`decode_batch` (CPU tasks): read each file and decode it to uint8 (16 bits a channel: uint16) pixels;
 2. :class:`ModelStage` (the actor pool, GPU with ``--gpu``): the model, with the tiles of many images
    packed into each forward pass, then the tiles stitched back;
 3. :func:`encode_batch` (CPU tasks): PNG-encode and build the Parquet rows (``restore.SCHEMA``).
@@ -46,7 +46,7 @@ DECODED = pa.schema([
     pa.field("height", pa.int32()),
     pa.field("width", pa.int32()),
     pa.field("depth", pa.int32()),  # 0 for an H×W array, else the third dimension
-    pa.field("bits", pa.int32()),  # 8 (uint8), or 16 (uint16: 16-bit gray, restored at 16 bits)
+    pa.field("bits", pa.int32()),  # 8 (uint8), or 16 (uint16: 16-bit gray or colour, restored at 16 bits)
     pa.field("source_mode", pa.string()),
     # what the restored PNG keeps of the source (raeae.images.SourceInfo); null when it has none
     pa.field("icc_profile", pa.binary()),

@@ -6,12 +6,20 @@ import io
 from pathlib import Path
 
 import numpy as np
+import tifffile
 from PIL import Image
 
 
 def _save(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _tiff16(image: np.ndarray) -> bytes:
+    """A 16-bit-a-channel RGB TIFF (LZW, as scanners write masters), which Pillow cannot write."""
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, image, photometric="rgb", compression="lzw")
     return buf.getvalue()
 
 
@@ -45,6 +53,8 @@ def write_catalogue(folder: Path, max_pixels: int) -> dict[str, tuple[str, objec
         "phone.heic": (_save(Image.fromarray(rgb), "HEIF"), ("ok", (37, 23, 3))),
         "animated.gif": (_save(Image.fromarray(rgb), "GIF", save_all=True,
                                append_images=[Image.fromarray(255 - rgb)]), ("error", "2 frames")),
+        "master48.tif": (_tiff16(rgb.astype(np.uint16) * 257), ("ok", (37, 23, 3))),
+        "master48 cut.tif": (_tiff16(rgb.astype(np.uint16) * 257)[:2000], ("error", "cannot decode tiff")),
         "floats 0-1.tiff": (_save(Image.fromarray(gray.astype(np.float32) / 255), "TIFF"), ("ok", (37, 23, 1))),
     }
     out = {}

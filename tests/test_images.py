@@ -199,3 +199,53 @@ def test_damaged_files_of_every_frame_kind_are_image_errors_only(fmt):
                 decode_image(damaged)
             except ImageError:
                 pass  # anything else would escape as a traceback instead of an error row's message
+
+
+DEEP = rng.integers(0, 65536, (21, 13, 4), dtype=np.uint16)  # every one of the 65,536 levels can occur
+
+
+def tiff16(image: np.ndarray, **kw) -> bytes:
+    import tifffile  # Pillow cannot write 16-bit colour TIFFs; scanners and archives do
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, image, photometric="rgb", **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("channels,mode", [(2, "LA;16"), (3, "RGB;16"), (4, "RGBA;16")])
+def test_16_bit_colour_pngs_are_read_and_written_at_16_bits(channels, mode):
+    deep = np.ascontiguousarray(DEEP[..., :channels])
+    image, src_mode, _ = decode_image(encode_png(deep))
+    assert src_mode == mode and image.dtype == np.uint16 and np.array_equal(image, deep)
+    eight, src_mode = decode(encode_png(deep))  # training and evaluation read the top 8 bits
+    assert src_mode == mode and eight.dtype == np.uint8 and np.array_equal(eight, (deep >> 8).astype(np.uint8))
+
+
+@pytest.mark.parametrize("kw", [{}, {"compression": "lzw"}, {"compression": "zlib", "predictor": True},
+                                {"compression": "zlib", "tile": (16, 16)}, {"planarconfig": "separate"}])
+def test_16_bit_colour_tiffs_are_read_at_16_bits(kw):
+    rgb = np.ascontiguousarray(DEEP[..., :3])
+    data = tiff16(np.moveaxis(rgb, -1, 0) if kw.get("planarconfig") == "separate" else rgb, **kw)
+    image, mode, _ = decode_image(data)
+    assert mode == "RGB;16" and image.dtype == np.uint16 and np.array_equal(image, rgb)
+    image, mode, _ = decode_image(tiff16(DEEP, extrasamples=["unassalpha"]))
+    assert mode == "RGBA;16" and np.array_equal(image, DEEP)
+
+
+def test_a_16_bit_colour_png_keeps_the_profile_exif_and_dpi():
+    icc = srgb_profile()
+    info = SourceInfo(icc_profile=icc, exif=camera_exif(), dpi=(600.0, 600.0))
+    png = encode_png(np.ascontiguousarray(DEEP[..., :3]), 1, info)
+    out = Image.open(io.BytesIO(png))  # Pillow reads a 48-bit PNG's chunks, though not its 16-bit pixels
+    assert out.info["icc_profile"] == icc and out.getexif()[0x0112] == 6
+    assert out.info["dpi"] == pytest.approx((600, 600), abs=0.01)
+    image, _, got = decode_image(png)
+    assert np.array_equal(image, DEEP[..., :3]) and got.icc_profile == icc and got.exif.startswith(b"Exif")
+    assert encode_png(image, 1, got) == png  # what a restore reads is what it writes back
+
+
+def test_damaged_16_bit_colour_files_are_image_errors():
+    png, tif = encode_png(np.ascontiguousarray(DEEP[..., :3])), tiff16(DEEP[..., :3], compression="zlib")
+    for data in (png[:len(png) // 2], png[:60] + bytes(40) + png[100:], tif[:len(tif) // 2]):
+        with pytest.raises(ImageError, match="cannot decode (PNG|TIFF) data"):
+            decode_image(data)

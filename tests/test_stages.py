@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import raeae
-from raeae.images import decode
+from raeae.images import decode, decode_image, encode_png
 from raeae.inference import restore_array, restore_arrays
 from raeae.model import ColorMode, ModelConfig, build_model
 from raeae.restore import SCHEMA
@@ -62,19 +62,21 @@ def test_16_bit_gray_is_restored_at_16_bits_like_its_8_bit_reading(channels):
         restore_array(model, gray8.astype(np.float32))
 
 
-def test_a_16_bit_scan_comes_out_a_16_bit_png(tmp_path, trained_checkpoint):
-    scan = (photo("camera.png")[:30, :40].astype(np.uint16) * 257)
-    (tmp_path / "scan.png").write_bytes(png_bytes(scan))
+@pytest.mark.parametrize("colour", [False, True])
+def test_a_16_bit_scan_comes_out_a_16_bit_png(tmp_path, trained_checkpoint, colour):
+    gray = photo("camera.png")[:30, :40].astype(np.uint16) * 257
+    scan = np.dstack([gray, 65535 - gray, gray // 2]) if colour else gray  # a 48-bit colour master, or 16-bit gray
+    (tmp_path / "scan.png").write_bytes(encode_png(scan))
     decoded = decode_batch(listing(tmp_path), str(tmp_path), StorageConfig(), max_pixels=10**6)
     assert decoded.column("bits").to_pylist() == [16]
     stage = ModelStage(str(trained_checkpoint), raeae_model_id(trained_checkpoint), StorageConfig(), stride=0,
                        tile_batch=64, threads=1)
     row = encode_batch(stage(decoded), png_level=1, schema=SCHEMA).to_pylist()[0]
-    out = Image.open(io.BytesIO(row["image"]))
-    assert row["status"] == "ok" and row["source_mode"] == "I;16" and out.mode == "I;16" and out.size == (40, 30)
-    assert row["bits"] == 16
+    out, mode, _ = decode_image(row["image"])
+    assert row["status"] == "ok" and row["source_mode"] == mode == ("RGB;16" if colour else "I;16")
+    assert row["bits"] == 16 and out.dtype == np.uint16 and out.shape == scan.shape
     alone = restore_array(raeae.load_model(str(trained_checkpoint)), scan, stride=4)
-    assert np.array_equal(np.asarray(out), alone)
+    assert np.array_equal(out, alone)
 
 
 def test_opponent_colour_model_shares_the_gray_network():
