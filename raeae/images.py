@@ -154,11 +154,28 @@ def signature(data: bytes) -> str | None:
     return None
 
 
+def _tiff_layout(data: bytes) -> str | None:
+    """What a TIFF that Pillow cannot open holds, e.g. ``float32 samples, 480x640x3``, from its header
+    alone (no pixel is decoded: the file has passed no size check); None if tifffile cannot read the
+    header either (then the file is damaged)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            return f"{page.dtype} samples, {'x'.join(map(str, page.shape))}"
+    except Exception:  # noqa: BLE001 - unreadable to tifffile too: truncated or corrupt
+        return None
+
+
 def _unreadable(data: bytes, exc: Exception) -> str:
     """Why ``data`` could not even be opened, for the error column."""
     unidentified = isinstance(exc, Image.UnidentifiedImageError)
     why = "" if unidentified else f"{type(exc).__name__}: {exc}; "
     kind = signature(data)
+    layout = _tiff_layout(data) if kind == "TIFF" else None
+    if layout:  # a whole TIFF whose samples Pillow does not read (float or signed colour, 32-bit...)
+        return f"TIFF of {layout}: a sample type raeae does not restore ({len(data)} bytes)"
     if kind:  # its first bytes say what it is, yet its header cannot be read: cut short or garbled
         return f"truncated or corrupt {kind} file: its header cannot be read ({why}{len(data)} bytes)"
     if unidentified:

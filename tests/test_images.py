@@ -204,8 +204,8 @@ def test_damaged_files_of_every_frame_kind_are_image_errors_only(fmt):
 DEEP = rng.integers(0, 65536, (21, 13, 4), dtype=np.uint16)  # every one of the 65,536 levels can occur
 
 
-def tiff16(image: np.ndarray, **kw) -> bytes:
-    import tifffile  # Pillow cannot write 16-bit colour TIFFs; scanners and archives do
+def tiff_rgb(image: np.ndarray, **kw) -> bytes:
+    import tifffile  # Pillow cannot write 16-bit, float or signed colour TIFFs; scanners and science software do
 
     buf = io.BytesIO()
     tifffile.imwrite(buf, image, photometric="rgb", **kw)
@@ -225,10 +225,10 @@ def test_16_bit_colour_pngs_are_read_and_written_at_16_bits(channels, mode):
                                 {"compression": "zlib", "tile": (16, 16)}, {"planarconfig": "separate"}])
 def test_16_bit_colour_tiffs_are_read_at_16_bits(kw):
     rgb = np.ascontiguousarray(DEEP[..., :3])
-    data = tiff16(np.moveaxis(rgb, -1, 0) if kw.get("planarconfig") == "separate" else rgb, **kw)
+    data = tiff_rgb(np.moveaxis(rgb, -1, 0) if kw.get("planarconfig") == "separate" else rgb, **kw)
     image, mode, _ = decode_image(data)
     assert mode == "RGB;16" and image.dtype == np.uint16 and np.array_equal(image, rgb)
-    image, mode, _ = decode_image(tiff16(DEEP, extrasamples=["unassalpha"]))
+    image, mode, _ = decode_image(tiff_rgb(DEEP, extrasamples=["unassalpha"]))
     assert mode == "RGBA;16" and np.array_equal(image, DEEP)
 
 
@@ -245,7 +245,16 @@ def test_a_16_bit_colour_png_keeps_the_profile_exif_and_dpi():
 
 
 def test_damaged_16_bit_colour_files_are_image_errors():
-    png, tif = encode_png(np.ascontiguousarray(DEEP[..., :3])), tiff16(DEEP[..., :3], compression="zlib")
+    png, tif = encode_png(np.ascontiguousarray(DEEP[..., :3])), tiff_rgb(DEEP[..., :3], compression="zlib")
     for data in (png[:len(png) // 2], png[:60] + bytes(40) + png[100:], tif[:len(tif) // 2]):
         with pytest.raises(ImageError, match="cannot decode (PNG|TIFF) data"):
             decode_image(data)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint32])
+def test_a_whole_tiff_of_samples_pillow_cannot_read_is_named_not_called_corrupt(dtype):
+    data = tiff_rgb(np.zeros((5, 6, 3), dtype))  # valid files: float or signed RGB from scientific software
+    with pytest.raises(ImageError, match=f"TIFF of {np.dtype(dtype)} samples, 5x6x3: a sample type raeae does not"):
+        decode_image(data)
+    with pytest.raises(ImageError, match="truncated or corrupt TIFF file"):
+        decode_image(data[:40])
