@@ -87,25 +87,33 @@ def clean_photos(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def noisy_folder(tmp_path_factory, clean_photos) -> Path:
     """Noisy copies (σ=25) of the clean photos, some cropped to odd sizes, in a nested folder with a
-    space in a name, plus a corrupt PNG, a text file named .png and a README.txt (skipped, not an image)."""
+    space in a name, plus a corrupt PNG, a text file named .png and a README.txt (skipped, not an image).
+    The clean image of each noisy one, by the same file name, goes to :func:`clean_references`."""
     d = tmp_path_factory.mktemp("noisy")
+    refs = tmp_path_factory.getbasetemp() / "clean_references"
+    refs.mkdir()
     (d / "sub dir").mkdir()
     crops = {"camera.png": (slice(0, 201), slice(0, 157)), "astronaut.png": (slice(0, 130), slice(0, 171))}
     for i, p in enumerate(sorted(clean_photos.iterdir())):
         from raeae.images import decode
 
         clean = decode(p.read_bytes())[0]
+        name = p.name
         if p.name in crops:
-            clean = clean[crops[p.name]]
-            Image.fromarray(clean).save(clean_photos / f"crop_{p.stem}.png")
-        noisy = make_noisy(clean, NoiseConfig(sigma=25), i)
-        target = (d / "sub dir" if i % 2 else d) / (("crop_" if p.name in crops else "") + p.stem + ".png")
-        Image.fromarray(noisy).save(target)
+            clean, name = clean[crops[p.name]], f"crop_{p.name}"
+        Image.fromarray(clean).save(refs / name)
+        Image.fromarray(make_noisy(clean, NoiseConfig(sigma=25), i)).save((d / "sub dir" if i % 2 else d) / name)
     full = png_bytes(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8))
     (d / "corrupt.png").write_bytes(full[: len(full) // 2])  # truncated mid-IDAT
     (d / "notes.png").write_text("not an image at all\n")
     (d / "README.txt").write_text("scanned 1998; see the catalogue\n")  # not an image by name: no row, a note
     return d
+
+
+@pytest.fixture(scope="session")
+def clean_references(noisy_folder, tmp_path_factory) -> Path:
+    """The clean image of each of noisy_folder's images, by the same file name (crops included)."""
+    return tmp_path_factory.getbasetemp() / "clean_references"
 
 
 def clean_for(clean_dir: Path, noisy_name: str) -> np.ndarray:

@@ -72,7 +72,7 @@ def test_bad_arguments_fail_fast_with_one_line(argv, words, capsys):
 
 def test_more_workers_than_training_images_fails_fast_with_one_line(tmp_path, capsys):
     """Each rank trains on its own share of the files, so every rank needs one (checked before Ray starts).
-    Four photographs of its own: the session's clean_photos gains crops once noisy_folder is made."""
+    Four photographs of its own."""
     photos = tmp_path / "photos"
     copy_samples(photos, ("camera.png", "coins.png", "astronaut.png", "chelsea.png"))
     assert main(["train", "--data", str(photos), "--output", str(tmp_path / "m"), "--workers", "4",

@@ -20,7 +20,7 @@ from tests.conftest import clean_for, png_bytes
 pytestmark = pytest.mark.slow
 
 
-def check_rows(table, noisy_folder, clean_photos, prefix=""):
+def check_rows(table, noisy_folder, clean_references, prefix=""):
     rows = {os.path.basename(p): r for p, r in zip(table["path"].to_pylist(), table.to_pylist())}
     files = [p for p in noisy_folder.rglob("*") if p.is_file() and p.name != "README.txt"]
     assert len(table) == len(files) == len(rows)
@@ -38,17 +38,17 @@ def check_rows(table, noisy_folder, clean_photos, prefix=""):
         assert out.shape == noisy.shape
         assert (r["height"], r["width"], r["channels"]) == (noisy.shape[0], noisy.shape[1],
                                                            1 if noisy.ndim == 2 else noisy.shape[2])
-        clean = clean_for(clean_photos, f.name)
+        clean = clean_for(clean_references, f.name)
         assert psnr(clean, out) > psnr(clean, noisy) + 2.0, f.name  # clearly less noisy
 
 
-def test_restore_folder_mixed_sizes_and_bad_files(ray_session, tmp_path, noisy_folder, clean_photos,
+def test_restore_folder_mixed_sizes_and_bad_files(ray_session, tmp_path, noisy_folder, clean_references,
                                                   trained_checkpoint):
     out = tmp_path / "restored"
     assert main(["restore", "--model", str(trained_checkpoint), "--input", str(noisy_folder),
                  "--output", str(out), "--file-mb", "0.01", "--batch-size", "3"]) == 0
     table = pq.read_table(out)
-    check_rows(table, noisy_folder, clean_photos)
+    check_rows(table, noisy_folder, clean_references)
     assert len(list(out.glob("*.parquet"))) >= 2  # small --file-mb: a file per block
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["rows"] == summary["files"] == len(table) and summary["errors"] == 2
@@ -79,7 +79,7 @@ def test_restore_refuses_a_non_empty_output(ray_session, tmp_path, noisy_folder,
     assert "not empty" in capsys.readouterr().err
 
 
-def test_restore_with_s3_input_and_output(ray_session, s3_env, tmp_path, noisy_folder, clean_photos,
+def test_restore_with_s3_input_and_output(ray_session, s3_env, tmp_path, noisy_folder, clean_references,
                                           trained_checkpoint):
     src = s3_env.bucket("archive")
     s3_env.bucket("results")
@@ -90,7 +90,7 @@ def test_restore_with_s3_input_and_output(ray_session, s3_env, tmp_path, noisy_f
                                     output="s3://results/run1", layout=Layout.STAGED))
     assert summary["errors"] == 2 and summary["rows"] == summary["files"] and summary["skipped_files"] == 1
     table = read_restored("s3://results/run1")
-    check_rows(table, noisy_folder, clean_photos, prefix="s3://archive/photos/")
+    check_rows(table, noisy_folder, clean_references, prefix="s3://archive/photos/")
 
 
 def test_bad_credentials_and_endpoint_fail_with_one_line(s3_env, monkeypatch, capsys, trained_checkpoint):
@@ -105,12 +105,12 @@ def test_bad_credentials_and_endpoint_fail_with_one_line(s3_env, monkeypatch, ca
     assert "cannot reach" in capsys.readouterr().err
 
 
-def test_evaluate_scores_a_restore_output_against_clean_images(ray_session, tmp_path, noisy_folder, clean_photos,
+def test_evaluate_scores_a_restore_output_against_clean_images(ray_session, tmp_path, noisy_folder, clean_references,
                                                                trained_checkpoint, capsys):
     out = tmp_path / "restored"
     restore(RestoreConfig(model=str(trained_checkpoint), input=str(noisy_folder), output=str(out), batch_size=2))
     assert len(list(out.glob("*.parquet"))) == 1  # many small blocks, gathered into one file
-    assert main(["evaluate", "--restored", str(out), "--data", str(clean_photos)]) == 0
+    assert main(["evaluate", "--restored", str(out), "--data", str(clean_references)]) == 0
     table = capsys.readouterr().out
     rows = {l.split("|")[1].strip(): float(l.split("|")[2]) for l in table.splitlines() if l.startswith("| ")
             and l.split("|")[2].strip().replace(".", "").isdigit()}
