@@ -13,8 +13,6 @@ from PIL import Image
 
 from raeae.nightly import NightlyConfig, nightly, read_restored
 
-pytestmark = pytest.mark.slow
-
 
 def make_archive(folder, names, seed=0, size=(40, 52)):
     folder.mkdir(parents=True, exist_ok=True)
@@ -23,6 +21,7 @@ def make_archive(folder, names, seed=0, size=(40, 52)):
         Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(folder / n)
 
 
+@pytest.mark.slow
 def test_three_nights_restore_new_and_changed_exactly_once(ray_session, tmp_path, trained_checkpoint):
     archive, out = tmp_path / "archive", tmp_path / "out"
     make_archive(archive, [f"a{i}.png" for i in range(6)])
@@ -52,6 +51,7 @@ def run_nightly_cli(archive, out, model, run_id):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_after_s", [4.0, 12.0, 20.0])
 def test_killed_run_then_rerun_equals_an_unbroken_run(tmp_path, trained_checkpoint, kill_after_s):
     archive = tmp_path / "archive"
