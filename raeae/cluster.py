@@ -202,10 +202,22 @@ def connect(verbose: bool = False, **init_kwargs) -> None:
         # measured) and would take port 8265 from a head the user starts for `ray job submit`;
         # --verbose keeps it, for looking inside a run.
         init_kwargs.setdefault("include_dashboard", verbose)
-    ray.init(address=address, log_to_driver=verbose,
-             logging_level=logging.INFO if verbose else logging.ERROR, **init_kwargs)
+    try:
+        ray.init(address=address, log_to_driver=verbose,
+                 logging_level=logging.INFO if verbose else logging.ERROR, **init_kwargs)
+    except ConnectionError as exc:  # it answered choose_address's probe, then refused us: most often the token
+        raise RayConnectionError(join_refused(address, os.environ.get("RAY_AUTH_MODE", ""), exc)) from None
     _private_local = address == "local"
     quiet_ray_output(verbose)  # ray.init configures Ray's loggers again
+
+
+def join_refused(address: str, auth_mode: str, exc: Exception) -> str:
+    """The one line for a cluster at ``address`` that answers but will not let this process join. Ray
+    2.60's `ray start` heads require a token by default, and a client sends one only in token mode."""
+    why = ("if it was started with `ray start`, set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or "
+           "~/.ray/auth_token)" if auth_mode.lower() != "token" else
+           "check that RAY_AUTH_TOKEN (or ~/.ray/auth_token) holds that cluster's token")
+    return f"cannot join the Ray cluster at {address} ({exc}); {why}"
 
 
 def disconnect() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import raeae.cluster
-from raeae.cluster import RayConnectionError, answers, capacity, choose_address, require
+from raeae.cluster import RayConnectionError, answers, capacity, choose_address, join_refused, require
 from tests.conftest import free_port
 
 ALIVE = "10.1.2.3:6379"
@@ -49,6 +49,17 @@ def test_a_ray_address_that_cannot_work_is_one_clear_error(env, words):
 
 def test_a_live_ray_address_is_used():
     assert choose_address(ALIVE, None, alive) == (ALIVE, "")
+
+
+def test_a_cluster_that_refuses_to_be_joined_names_the_token():
+    """A `ray start` head (token authentication by default in Ray 2.60) answers the probe, then refuses a
+    client without the token: ray.init retries for ~20 s and raises ConnectionError, which becomes this
+    one line (measured with bench/restore.py's head: exit 2, this line, 21 s)."""
+    exc = ConnectionError("Failed to connect to Ray cluster at 10.0.0.5:6379")
+    without = join_refused("10.0.0.5:6379", "", exc)
+    assert without.startswith("cannot join the Ray cluster at 10.0.0.5:6379 (Failed to connect")
+    assert "set RAY_AUTH_MODE=token and its token" in without
+    assert "holds that cluster's token" in join_refused("10.0.0.5:6379", "token", exc)
 
 
 def test_answers_probes_a_real_socket():
