@@ -10,7 +10,10 @@ Cases (noisy σ=25 crops of the embedded sample photographs, gray and colour):
 * ``startup``: 1, 100 and 10,000 images of 64×64 (fixed costs: start-to-first-row and end to end).
 
 Setups (``--setups``): ``raeae`` is `raeae restore` as shipped; ``staged`` and ``fused`` force that
-``--layout``. For each it also reports each stage's share of the busy time (decode / model actor / encode,
+``--layout``; ``warm`` is `raeae restore` as shipped joining a local Ray head that is already running
+(``ray start --head``, started before the timed run and stopped after it, untimed), as a ``ray job
+submit`` job or a second command on a running cluster finds Ray: it shows what of the fixed cost is
+Ray's start and what is the pipeline's own. For each it also reports each stage's share of the busy time (decode / model actor / encode,
 from the per-row timings in the Parquet) and the model's forward passes' share of the actor's time: the
 part a GPU would speed up. Peak memory (PSS of every process) comes from one more run per setup, not
 from the timed ones: sampling it slows a multi-process run (see :func:`peak_memory`).
@@ -21,8 +24,12 @@ from the timed ones: sampling it slows a multi-process run (see :func:`peak_memo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import secrets
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -98,9 +105,46 @@ def plain_loop(model: str, folder: str, out: str) -> None:
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), f"{out}/part-0.parquet")
 
 
-# The setups: the plain loop, `raeae restore` as shipped, and the same with each --layout forced
-# (on CPUs the default is fused; "staged" measures what fusing saves).
-SETUPS = ("plain", "raeae", "staged", "fused")
+# The setups: the plain loop, `raeae restore` as shipped, the same with each --layout forced (on CPUs
+# the default is fused; "staged" measures what fusing saves), and as shipped on a running Ray ("warm").
+SETUPS = ("plain", "raeae", "staged", "fused", "warm")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_head():
+    """A local Ray head (`ray start --head`, as many CPUs as a private local Ray takes) for the ``warm``
+    setup; yields the environment that joins it (its address, and the token a `ray start` head requires).
+    Its own temp folder, so the other setups never find it recorded; stopped with its process group:
+    SIGTERM, then SIGKILL after 1 s (`ray start --block` itself outlives a SIGTERM: tests/test_jobs.py)."""
+    ray_exe = os.path.join(os.path.dirname(sys.executable), "ray")
+    port, temp = free_port(), tempfile.mkdtemp(prefix="raeae-bench-head-")
+    env = {**os.environ, "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32)}
+    proc = subprocess.Popen([ray_exe, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             f"--num-cpus={os.cpu_count()}", f"--temp-dir={temp}", "--include-dashboard=false",
+                             "--disable-usage-stats"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**env, "RAY_ADDRESS": ""})
+    try:
+        for line in proc.stdout:  # `ray start` says so once its head answers, then blocks
+            if "Ray runtime started" in line:
+                break
+        else:
+            raise RuntimeError("`ray start --head` exited before its head was up")
+        yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def setup_command(setup: str, model: str, folder: str, out: str) -> list[str]:
@@ -109,15 +153,17 @@ def setup_command(setup: str, model: str, folder: str, out: str) -> list[str]:
         return [sys.executable, __file__, "--plain-child", "--model", model, "--folder", folder, "--out", out]
     cmd = [os.path.join(os.path.dirname(sys.executable), "raeae"), "restore", "--model", model, "--input", folder,
            "--output", out]
-    return cmd if setup == "raeae" else cmd + ["--layout", setup]
+    return cmd if setup in ("raeae", "warm") else cmd + ["--layout", setup]
 
 
 def run_one(setup: str, model: str, folder: str, out: str) -> dict:
-    """One timed run in a fresh process: wall time from launch to exit, and to the first row."""
+    """One timed run in a fresh process: wall time from launch to exit, and to the first row (``warm``:
+    on a head started before the clock starts)."""
     shutil.rmtree(out, ignore_errors=True)
-    start = time.time()
-    subprocess.run(setup_command(setup, model, folder, out), check=True, stdout=subprocess.DEVNULL)
-    wall = time.time() - start
+    with running_head() if setup == "warm" else contextlib.nullcontext() as env:
+        start = time.time()
+        subprocess.run(setup_command(setup, model, folder, out), check=True, stdout=subprocess.DEVNULL, env=env)
+        wall = time.time() - start
     t = pq.read_table(out, columns=[c for c in ("restored_at", "width", "height", "decode_s", "restore_s",
                                                 "forward_s", "encode_s", "status")
                                     if setup != "plain" or c in ("restored_at", "width", "height", "status")])
@@ -137,8 +183,9 @@ def peak_memory(setup: str, model: str, folder: str, out: str) -> dict:
     beside a local Ray), and beside it `raeae restore` took 30.1-31.2 s on the mix against 25.3-29.0 s
     without it (3 interleaved pairs), a cost the plain loop's one process does not pay."""
     shutil.rmtree(out, ignore_errors=True)
-    with PeakMemory(every_s=1.0) as mem:
-        subprocess.run(setup_command(setup, model, folder, out), check=True, stdout=subprocess.DEVNULL)
+    with running_head() if setup == "warm" else contextlib.nullcontext() as env:
+        with PeakMemory(every_s=1.0) as mem:
+            subprocess.run(setup_command(setup, model, folder, out), check=True, stdout=subprocess.DEVNULL, env=env)
     return {"peak_pss_gib": mem.peak_pss / 2**30}
 
 
