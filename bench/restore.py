@@ -13,9 +13,9 @@ Setups (``--setups``): ``raeae`` is `raeae restore` as shipped; ``staged`` and `
 ``--layout``; ``warm`` is `raeae restore` as shipped joining a local Ray head that is already running
 (``ray start --head``, started before the timed run and stopped after it, untimed), as a ``ray job
 submit`` job or a second command on a running cluster finds Ray: it shows what of the fixed cost is
-Ray's start and what is the pipeline's own. For each it also reports each stage's share of the busy time (decode / model actor / encode,
-from the per-row timings in the Parquet) and the model's forward passes' share of the actor's time: the
-part a GPU would speed up. Peak memory (PSS of every process) comes from one more run per setup, not
+Ray's start and what is the pipeline's own. For each it also reports each stage's share of the busy
+time (decode / model actor / encode, from the per-row timings in the Parquet) and the model's forward
+passes' share of the actor's time: the part a GPU would speed up. Peak memory (PSS of every process) comes from one more run per setup, not
 from the timed ones: sampling it slows a multi-process run (see :func:`peak_memory`).
 
     .venv/bin/python bench/restore.py --cases small,mixed,large,startup --repeats 3 [--model builtin:auto]
@@ -147,6 +147,12 @@ def running_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def ray_for(setup: str):
+    """The environment a run of ``setup`` needs around it: a running head for ``warm`` (yielding the
+    environment that joins it), nothing (None: the caller's own) for the others."""
+    return running_head() if setup == "warm" else contextlib.nullcontext()
+
+
 def setup_command(setup: str, model: str, folder: str, out: str) -> list[str]:
     """The command line of one run of ``setup`` (a fresh process of its own, as a user runs it)."""
     if setup == "plain":
@@ -160,7 +166,7 @@ def run_one(setup: str, model: str, folder: str, out: str) -> dict:
     """One timed run in a fresh process: wall time from launch to exit, and to the first row (``warm``:
     on a head started before the clock starts)."""
     shutil.rmtree(out, ignore_errors=True)
-    with running_head() if setup == "warm" else contextlib.nullcontext() as env:
+    with ray_for(setup) as env:
         start = time.time()
         subprocess.run(setup_command(setup, model, folder, out), check=True, stdout=subprocess.DEVNULL, env=env)
         wall = time.time() - start
@@ -183,7 +189,7 @@ def peak_memory(setup: str, model: str, folder: str, out: str) -> dict:
     beside a local Ray), and beside it `raeae restore` took 30.1-31.2 s on the mix against 25.3-29.0 s
     without it (3 interleaved pairs), a cost the plain loop's one process does not pay."""
     shutil.rmtree(out, ignore_errors=True)
-    with running_head() if setup == "warm" else contextlib.nullcontext() as env:
+    with ray_for(setup) as env:
         with PeakMemory(every_s=1.0) as mem:
             subprocess.run(setup_command(setup, model, folder, out), check=True, stdout=subprocess.DEVNULL, env=env)
     return {"peak_pss_gib": mem.peak_pss / 2**30}

@@ -135,7 +135,8 @@ def _frames(img: Image.Image) -> int:
 
 
 # The first bytes of each format we read (a file's "magic number")
-_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SIGNATURES = ((_PNG_SIGNATURE, "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
                (b"\xffO\xffQ", "JPEG 2000"))
 
@@ -240,7 +241,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
 # bits and cannot write them), so their pixels go through imagecodecs (libpng, libtiff) while Pillow
 # still reads the header: size, frames, profile, EXIF, DPI. PNG colour types with 16-bit samples:
 _DEEP_PNG = {4: "LA;16", 2: "RGB;16", 6: "RGBA;16"}
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _deep_mode(data: bytes, img: Image.Image) -> str | None:

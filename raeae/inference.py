@@ -21,7 +21,7 @@ from raeae.settings import TILE_BATCH, Blend, Precision, default_stride, fast_bf
 
 
 # The pixel types an image may have, and the value that stands for 1.0 (white) in each: 8-bit images,
-# and 16-bit gray (archival scans, microscopy, X-rays), which is restored and written back at 16 bits.
+# and 16 bits a channel (gray scans, microscopy, X-rays; colour masters), restored and written back at 16.
 PIXEL_MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
@@ -229,6 +229,6 @@ def pick_model(models: list[DenseAutoencoder], image: np.ndarray) -> DenseAutoen
 
 
 def restore_image(model: DenseAutoencoder, image: np.ndarray, stride: int | None = None) -> np.ndarray:
-    """Public API: a uint8 (or 16-bit uint16) numpy image of any size in, the restored image of the same
+    """Public API: a uint8 (or uint16, 16 bits a channel) numpy image of any size in, the restored image of the same
     shape and type out."""
     return restore_array(model, image, stride=stride)
