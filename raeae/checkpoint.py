@@ -92,12 +92,17 @@ def _builtin_bytes(uri: str) -> bytes:
     return path.read_bytes()
 
 
+def auto_names() -> list[str]:
+    """The bundled models ``builtin:auto`` stands for, in order: gray, then colour (those present)."""
+    return [n for n in ("gray", "color") if (BUILTIN_DIR / f"{n}.pt").is_file()]
+
+
 def read_models(uri: str, storage: StorageConfig = StorageConfig()) -> list[bytes]:
     """The checkpoint(s) a restore uses: the one at ``uri``, or for ``builtin:auto`` every bundled
-    model of gray and colour (each image then goes to the one that fits it, see
+    model of gray and colour (:func:`auto_names`; each image then goes to the one that fits it, see
     :func:`raeae.inference.pick_model`)."""
     if uri == AUTO:
-        found = [_builtin_bytes(BUILTIN + n) for n in ("gray", "color") if (BUILTIN_DIR / f"{n}.pt").is_file()]
+        found = [_builtin_bytes(BUILTIN + n) for n in auto_names()]
         if not found:
             raise CheckpointError(f"{AUTO}: no bundled models in {BUILTIN_DIR}; give --model")
         return found

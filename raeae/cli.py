@@ -112,6 +112,13 @@ def _samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info(args: argparse.Namespace) -> int:
+    from raeae.info import InfoConfig, info
+
+    info(config_from_args(InfoConfig, args))
+    return 0
+
+
 def _config_classes() -> dict:
     """Each command's config class, imported on demand: train, evaluate and demo import torch (~1.5 s),
     which restore and nightly leave to their model actors."""
@@ -147,8 +154,12 @@ def _config_classes() -> dict:
         from raeae.demo import SamplesConfig
         return SamplesConfig
 
+    def info():
+        from raeae.info import InfoConfig
+        return InfoConfig
+
     return {"train": train, "restore": restore, "nightly": nightly, "archive": archive, "export": export,
-            "evaluate": evaluate, "demo": demo, "samples": samples}
+            "evaluate": evaluate, "demo": demo, "samples": samples, "info": info}
 
 
 COMMANDS = [  # name, function, one-line help
@@ -160,6 +171,7 @@ COMMANDS = [  # name, function, one-line help
     ("evaluate", _evaluate, "PSNR/SSIM of a model against classical denoisers"),
     ("demo", _demo, "the main job end to end on embedded sample photographs"),
     ("samples", _samples, "write a noisy archive of the embedded sample photographs"),
+    ("info", _info, "describe a model: its network, its training and what it measured"),
 ]
 
 

@@ -293,6 +293,15 @@ class DenseAutoencoder(nn.Module):
             return torch.einsum("cp,npx->ncx", self.from_planes, out).reshape(n, 3 * pp)
 
 
+def describe_network(m: ModelConfig) -> str:
+    """The network in one line, as `raeae train` and `raeae info` print it:
+    ``169+σ->[1024]->512->[1024]->169 on each of 3 opponent colour planes (1,398,441 parameters)``."""
+    planes = " on each of 3 opponent colour planes" if m.planes else ""
+    told = "+σ" if m.noise_input else ""  # the noise level, one more input
+    return (f"{m.net_features}{told}->{list(m.hidden)}->{m.latent}->{list(m.decoder_hidden)}->{m.net_features}"
+            f"{planes} ({parameter_count(build_model(m)):,} parameters)")
+
+
 def build_model(config: ModelConfig) -> DenseAutoencoder:
     """The one factory: a fresh, randomly initialised model for ``config``."""
     return DenseAutoencoder(config)

@@ -37,7 +37,7 @@ from raeae.corrupt import (IMPULSE_SHARE, Noise, NoiseConfig, blind_spot, corrup
 from raeae.data import find_idx, load_source, read_image
 from raeae.inference import Precision, default_stride
 from raeae.metrics import batch_psnr
-from raeae.model import ModelConfig, build_model, digits_config, parameter_count, photo_config
+from raeae.model import ModelConfig, build_model, describe_network, digits_config, photo_config
 from raeae.patches import Blend, PatchSampler, dihedral, restore_tiles
 from raeae.runs import choose_run, write_record
 from raeae.storage import StorageConfig, StorageError, list_images, resolve, write_bytes
@@ -846,12 +846,8 @@ def train(cfg: TrainConfig, verbose: bool = False) -> TrainResult:
     cfg = replace(cfg, cpus_per_worker=cfg.cpus_per_worker or auto_cpus_per_worker(
         cfg.workers, [n.get("CPU", 0.0) for n in nodes]))
     require_workers(cfg, nodes)
-    m = cfg.model
-    planes = " on each of 3 opponent colour planes" if m.planes else ""
-    told = "+σ" if m.noise_input else ""  # the noise level, one more input
-    print(f"raeae train: {source.description}; model {m.net_features}{told}->{list(m.hidden)}->{m.latent}->"
-          f"{list(m.decoder_hidden)}->{m.net_features}{planes} "
-          f"({parameter_count(build_model(m)):,} parameters){'; from ' + cfg.init if cfg.init else ''}")
+    print(f"raeae train: {source.description}; model {describe_network(cfg.model)}"
+          f"{'; from ' + cfg.init if cfg.init else ''}")
     print(f"raeae train: run {run.name} ({'resumed at epoch ' + str(run.epoch) if run.resumed else 'new'}), "
           f"{cfg.workers} worker(s) x {cfg.cpus_per_worker:g} CPU{' + GPU' if cfg.gpu else ''}, "
           f"{budget_text(cfg.epochs, cfg.max_minutes)}")

@@ -13,7 +13,7 @@ COMMANDS = list(build_parser()._subparsers._group_actions[0].choices)
 
 
 def test_the_commands_are_the_documented_ones():
-    assert COMMANDS == ["train", "restore", "nightly", "archive", "export", "evaluate", "demo", "samples"]
+    assert COMMANDS == ["train", "restore", "nightly", "archive", "export", "evaluate", "demo", "samples", "info"]
 
 
 def test_version(capsys):
@@ -63,6 +63,8 @@ def test_train_has_the_documented_flags():
     (["restore", "--model", "builtin:nope", "--input", "x", "--output", "y"], "no such bundled model"),
     (["restore", "--model", "x", "--output", "y"], "--input is required"),
     (["restore", "--model", "m", "--input", "x", "--output", "y", "--batch-size", "0"], "batch_size must be >= 1"),
+    (["info", "--model", "/nonexistent/ckpt"], "no checkpoint there"),
+    (["info", "--model", "builtin:nope"], "no such bundled model"),
 ])
 def test_bad_arguments_fail_fast_with_one_line(argv, words, capsys):
     assert main(argv) == 2
