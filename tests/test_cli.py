@@ -1,5 +1,6 @@
 """Every command has help; every user mistake is one line and a non-zero exit, not a traceback."""
 
+import os
 import subprocess
 import sys
 
@@ -93,6 +94,16 @@ def test_unknown_choice_is_rejected_by_argparse(capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "raeae.cli", "--help"], capture_output=True, text=True, check=True)
     assert "restore" in out.stdout
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`raeae info | head -1`: once the reader has gone, a write fails; exit 141 as SIGPIPE would, no traceback."""
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first line is written
+    with os.fdopen(w, "wb") as stdout:
+        proc = subprocess.run([sys.executable, "-m", "raeae.cli", "info"], stdout=stdout, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
 
 
 @pytest.mark.parametrize(("argv", "preset", "batch", "lr", "self_supervised"), [
