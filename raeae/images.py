@@ -14,7 +14,12 @@ P (palette)            expanded to RGB (RGBA if it has              RGB / RGBA P
 I;16 (16-bit gray)     16-bit gray                                  16-bit gray PNG
 LA;16 RGB;16 RGBA;16   16-bit colour (or gray), alpha copied        16-bit PNG (48 or 64 bits
 (16 bits a channel:    (Pillow would read them at 8 bits, so they   a pixel)
-PNG and TIFF)          are read with imagecodecs: libpng, libtiff)
+PNG, TIFF, JPEG 2000,  are read with imagecodecs: libpng, libtiff,
+PPM)                   OpenJPEG; a PPM's samples directly). Up to
+                       16 bits of precision are scaled to 16 (a
+                       12-bit JPEG 2000, a PPM of maxval 4095)
+I (a PGM of more than  16-bit gray (Pillow scales its maxval to     16-bit gray PNG
+8 bits)                65535)
 I / F                  scaled to 8-bit gray (16-bit counts >> 8;    8-bit gray PNG
                        floats from 0 to 1 x 255; NaN refused)
 1 (bilevel)            gray 0/255                                   8-bit gray PNG
@@ -226,8 +231,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
     mode = img.mode
     try:
         img.load()
-        if img.mode in SIXTEEN_BIT_GRAY:
+        if img.mode in SIXTEEN_BIT_GRAY or _deep_pgm(img):
             arr = np.asarray(img, dtype=np.uint16)
+            mode = "I;16"
         else:
             arr = np.asarray(_to_8bit(img), dtype=np.uint8)
     except ImageError:
@@ -244,17 +250,78 @@ _DEEP_PNG = {4: "LA;16", 2: "RGB;16", 6: "RGBA;16"}
 
 
 def _deep_mode(data: bytes, img: Image.Image) -> str | None:
-    """``LA;16``, ``RGB;16`` or ``RGBA;16`` for a PNG or TIFF of 16 unsigned bits a channel with colour or
-    alpha (read as such by :func:`_read_deep`); None for anything Pillow reads in full itself."""
+    """``LA;16``, ``RGB;16`` or ``RGBA;16`` for a PNG, TIFF, JPEG 2000 or PPM of more than 8 unsigned bits
+    a channel with colour or alpha (read as such by :func:`_read_deep`); None for anything Pillow reads
+    in full itself."""
     if img.format == "PNG":  # IHDR, always the first chunk: bit depth at byte 24, colour type at 25
         return _DEEP_PNG.get(data[25]) if len(data) > 25 and data[24] == 16 else None
-    if img.format == "TIFF" and img.mode in ("LA", "RGB", "RGBA"):
+    if img.mode not in ("LA", "RGB", "RGBA"):
+        return None
+    if img.format == "TIFF":
         tags = img.tag_v2
         sample_format = tags.get(339, 1)  # 1: unsigned integers; 2, 3: signed, floating point
         unsigned = all(f == 1 for f in (sample_format if isinstance(sample_format, tuple) else (sample_format,)))
         if unsigned and set(tags.get(258, ())) == {16} and tags.get(262) in (1, 2):  # gray or RGB samples
             return f"{img.mode};16"
+    if img.format == "JPEG2000" and 8 < (_jpeg2k_precision(data) or 0) <= 16:
+        return f"{img.mode};16"
+    if img.format == "PPM" and img.mode == "RGB" and (_netpbm_header(data) or (0,) * 5)[3] > 255:
+        return "RGB;16"
     return None
+
+
+def _deep_pgm(img: Image.Image) -> bool:
+    """A PGM of more than 8 bits: Pillow reads it as 32-bit ``I``, its maxval scaled to 65535."""
+    return img.format == "PPM" and img.mode == "I"
+
+
+def _jpeg2k_precision(data: bytes) -> int | None:
+    """Bits per sample of a JPEG 2000 codestream's first component, from its SIZ marker segment (always
+    straight after the start of the codestream: SOC FF4F, SIZ FF51); None if absent or signed."""
+    i = data.find(b"\xff\x4f\xff\x51")
+    ssiz = i + 4 + 2 + 2 + 4 * 8 + 2  # past SOC, SIZ, Lsiz, Rsiz, the 8 sizes and offsets, Csiz
+    if i < 0 or ssiz >= len(data) or data[ssiz] & 0x80:
+        return None
+    return (data[ssiz] & 0x7F) + 1
+
+
+def _netpbm_header(data: bytes) -> tuple[bytes, int, int, int, int] | None:
+    """A binary PGM/PPM's (magic, width, height, maxval, offset of the first sample), or None: the
+    header is three decimal numbers after P5 or P6, separated by whitespace and ``#`` comments, then one
+    whitespace byte."""
+    if data[:2] not in (b"P5", b"P6"):
+        return None
+    numbers, i = [], 2
+    while len(numbers) < 3 and i < len(data):
+        if data[i:i + 1] == b"#":
+            i = data.find(b"\n", i)
+            i = len(data) if i < 0 else i
+        elif data[i:i + 1].isspace():
+            i += 1
+        else:
+            j = i
+            while j < len(data) and data[j:j + 1].isdigit():
+                j += 1
+            if j == i:
+                return None
+            numbers.append(int(data[i:j]))
+            i = j
+    if len(numbers) < 3 or i >= len(data) or not data[i:i + 1].isspace():
+        return None
+    return data[:2], numbers[0], numbers[1], numbers[2], i + 1
+
+
+def _read_netpbm_deep(data: bytes, size: tuple[int, int]) -> np.ndarray | None:
+    """A PPM of maxval 256-65535 (two big-endian bytes a sample) as uint16 H×W×3, scaled to 65535 as
+    Pillow scales a PGM's (rounded); None unless its header agrees with the ``size`` Pillow read."""
+    magic, w, h, maxval, offset = _netpbm_header(data) or (b"", 0, 0, 0, 0)
+    if magic != b"P6" or not 255 < maxval < 65536 or (w, h) != size:
+        return None
+    n = w * h * 3
+    if len(data) - offset < 2 * n:
+        raise ImageError(f"cannot decode PPM data (truncated: {len(data) - offset} of {2 * n} bytes of samples)")
+    raw = np.frombuffer(data, dtype=">u2", count=n, offset=offset).astype(np.uint32).reshape(h, w, 3)
+    return ((raw * 65535 + maxval // 2) // maxval).astype(np.uint16)
 
 
 def _read_deep(data: bytes, img: Image.Image, mode: str) -> np.ndarray | None:
@@ -262,9 +329,14 @@ def _read_deep(data: bytes, img: Image.Image, mode: str) -> np.ndarray | None:
     for a layout this reader does not return so (the caller then reads it at 8 bits, as before)."""
     import imagecodecs  # only here: ~0.07 s to import, and most archives hold no such file
 
+    if img.format == "PPM":
+        return _read_netpbm_deep(data, img.size)
     try:
         if img.format == "PNG":
             arr = imagecodecs.png_decode(data)
+        elif img.format == "JPEG2000":
+            # up to 16 bits of precision, scaled to 16 by a shift, as Pillow does for a gray JPEG 2000
+            arr = imagecodecs.jpeg2k_decode(data) << np.uint16(16 - (_jpeg2k_precision(data) or 16))
         else:
             arr = imagecodecs.tiff_decode(data)  # the first page: files of several pages are refused before
             if img.tag_v2.get(284) == 2:  # planar configuration: one plane per channel

@@ -65,7 +65,7 @@ class RestoreConfig:
         "help": "builtin:auto (per image, the bundled model made for it: gray images to builtin:gray, "
                 "colour ones to a bundled colour model when one ships, else to builtin:gray channel by "
                 "channel), builtin:NAME, or a checkpoint folder or model.pt (local or s3://) from "
-                "`raeae train --output`"})
+                "`raeae train --output`; `raeae info --model M` says what a model is"})
     input: str = field(default="", metadata={"help": "folder or prefix of images (local, s3://, gs://...), "
                                                      "searched recursively"})
     output: str = field(default="", metadata={"help": "folder or prefix that receives the Parquet files and "

@@ -258,3 +258,53 @@ def test_a_whole_tiff_of_samples_pillow_cannot_read_is_named_not_called_corrupt(
         decode_image(data)
     with pytest.raises(ImageError, match="truncated or corrupt TIFF file"):
         decode_image(data[:40])
+
+
+def ppm16(image: np.ndarray, maxval: int = 65535, header: str = "") -> bytes:
+    """A binary PPM (or PGM, for H×W) with two big-endian bytes a sample, as raw converters write them."""
+    h, w = image.shape[:2]
+    magic = "P6" if image.ndim == 3 else "P5"
+    return f"{magic}\n{header}{w} {h}\n{maxval}\n".encode() + image.astype(">u2").tobytes()
+
+
+@pytest.mark.parametrize("maxval", [65535, 4095, 1000])
+def test_16_bit_ppm_and_pgm_are_read_at_16_bits_scaled_as_pillow_scales_a_pgm(maxval):
+    rgb = (DEEP[..., :3].astype(np.uint32) * maxval // 65535).astype(np.uint16)
+    expected = np.round(rgb * 65535.0 / maxval).astype(np.uint16)
+    image, mode, _ = decode_image(ppm16(rgb, maxval, header="# dcraw -4\n"))
+    assert mode == "RGB;16" and image.dtype == np.uint16 and np.array_equal(image, expected)
+    image, mode, _ = decode_image(ppm16(rgb[..., 0], maxval))
+    assert mode == "I;16" and image.dtype == np.uint16 and np.array_equal(image, expected[..., 0])
+    assert np.array_equal(decode(ppm16(rgb, maxval))[0], (expected >> 8).astype(np.uint8))  # training reads 8 bits
+
+
+@pytest.mark.parametrize("channels,mode", [(2, "LA;16"), (3, "RGB;16"), (4, "RGBA;16")])
+def test_16_bit_colour_jpeg_2000_is_read_at_16_bits(channels, mode):
+    import imagecodecs
+
+    deep = np.ascontiguousarray(DEEP[..., :channels])
+    for codec in ("JP2", "J2K"):  # the boxed file and the bare codestream
+        image, src_mode, _ = decode_image(imagecodecs.jpeg2k_encode(deep, level=0, codecformat=codec))
+        assert src_mode == mode and image.dtype == np.uint16 and np.array_equal(image, deep)
+    twelve = deep >> 4  # 12 bits of precision are shifted to 16, as Pillow does for a gray JPEG 2000
+    image, _, _ = decode_image(imagecodecs.jpeg2k_encode(twelve, level=0, bitspersample=12))
+    assert np.array_equal(image, twelve << 4)
+
+
+def test_8_bit_ppm_and_jpeg_2000_stay_8_bit():
+    import imagecodecs
+
+    rgb = (DEEP[..., :3] >> 8).astype(np.uint8)
+    for data in (b"P6\n13 21\n255\n" + rgb.tobytes(), imagecodecs.jpeg2k_encode(rgb, level=0)):
+        image, mode, _ = decode_image(data)
+        assert mode == "RGB" and image.dtype == np.uint8 and np.array_equal(image, rgb)
+
+
+def test_damaged_16_bit_ppm_and_jpeg_2000_are_image_errors():
+    import imagecodecs
+
+    ppm, jp2 = ppm16(DEEP[..., :3]), imagecodecs.jpeg2k_encode(np.ascontiguousarray(DEEP[..., :3]), level=0)
+    with pytest.raises(ImageError, match=r"cannot decode PPM data \(truncated: 1631 of 1638 bytes"):
+        decode_image(ppm[:-7])
+    with pytest.raises(ImageError, match="cannot decode JPEG2000 data"):
+        decode_image(jp2[:len(jp2) // 2])

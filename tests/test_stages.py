@@ -62,11 +62,25 @@ def test_16_bit_gray_is_restored_at_16_bits_like_its_8_bit_reading(channels):
         restore_array(model, gray8.astype(np.float32))
 
 
-@pytest.mark.parametrize("colour", [False, True])
-def test_a_16_bit_scan_comes_out_a_16_bit_png(tmp_path, trained_checkpoint, colour):
+def netpbm(image: np.ndarray) -> bytes:
+    """A binary PGM or PPM of maxval 65535 (what a raw converter's 16-bit output is)."""
+    h, w = image.shape[:2]
+    return f"P{6 if image.ndim == 3 else 5}\n{w} {h}\n65535\n".encode() + image.astype(">u2").tobytes()
+
+
+def jpeg2k(image: np.ndarray) -> bytes:
+    import imagecodecs
+
+    return imagecodecs.jpeg2k_encode(image, level=0)  # lossless
+
+
+@pytest.mark.parametrize("colour, suffix, write", [(False, "png", encode_png), (True, "png", encode_png),
+                                                   (True, "jp2", jpeg2k), (True, "ppm", netpbm),
+                                                   (False, "pgm", netpbm)])
+def test_a_16_bit_scan_comes_out_a_16_bit_png(tmp_path, trained_checkpoint, colour, suffix, write):
     gray = photo("camera.png")[:30, :40].astype(np.uint16) * 257
     scan = np.dstack([gray, 65535 - gray, gray // 2]) if colour else gray  # a 48-bit colour master, or 16-bit gray
-    (tmp_path / "scan.png").write_bytes(encode_png(scan))
+    (tmp_path / f"scan.{suffix}").write_bytes(write(scan))
     decoded = decode_batch(listing(tmp_path), str(tmp_path), StorageConfig(), max_pixels=10**6)
     assert decoded.column("bits").to_pylist() == [16]
     stage = ModelStage(str(trained_checkpoint), raeae_model_id(trained_checkpoint), StorageConfig(), stride=0,
