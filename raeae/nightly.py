@@ -9,7 +9,8 @@ A run is committed when, and only when, its manifest exists. The manifest names 
 of the run, so leftovers of a crashed attempt are never read; readers see only committed runs, and
 the next run deletes uncommitted run folders and redoes their work. Killing a run at any point
 therefore loses nothing (its inputs are still "new" next time) and duplicates nothing (its partial
-files are invisible). Run one nightly at a time per output.
+files are invisible). One nightly at a time per output: a run holds the output's lock
+(:mod:`raeae.lock`) from before it reads the manifests until after its commit.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 
 from raeae import checkpoint as ckpt
 from raeae.cluster import connect
+from raeae.lock import OutputLock
 from raeae.restore import SCHEMA, RestoreConfig, parquet_files, print_summary, run_pipeline, summarise
 from raeae.storage import StorageConfig, StorageError, explain, first_names, list_files, resolve, skipped_note
 
@@ -199,12 +201,29 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
     model_ids, model_id = set(ids), "+".join(ids)
     files, skipped = list_files(cfg.archive, storage)
     fs, root = resolve(cfg.output, storage)
+    run_id = cfg.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    try:
+        lock = OutputLock(fs, root, run_id)
+        lock.acquire()  # before anything is read: what another run committed meanwhile counts
+    except OSError as exc:
+        raise StorageError(explain(exc, cfg.output)) from None
+    try:
+        return _run(cfg, lock, files, skipped, model_ids, model_id, verbose)
+    finally:
+        lock.release()
+
+
+def _run(cfg: NightlyConfig, lock: OutputLock, files: list[dict], skipped: list[str], model_ids: set[str],
+         model_id: str, verbose: bool) -> dict:
+    """The run itself, holding ``lock``: clean up, select, restore, commit."""
+    fs, root, run_id = lock.fs, posixpath.dirname(lock.path), lock.run_id
+    if lock.taken_over:
+        print(f"raeae nightly: took over {lock.taken_over}")
     try:
         manifests = _manifest_infos(fs, root)
     except OSError as exc:
         raise StorageError(explain(exc, cfg.output)) from None
     committed = {m["run_id"] for m in manifests}
-    run_id = cfg.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     if run_id in committed:
         print(f"raeae nightly: run {run_id} is already committed; nothing to do")
         return next(m for m in manifests if m["run_id"] == run_id)
@@ -239,6 +258,7 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
                 "inputs_listed": len(files), "inputs_skipped": len(skipped), "inputs_gone": len(gone),
                 "inputs_restored": len(todo), "reprocess": cfg.reprocess,
                 "committed_at": datetime.now(timezone.utc).isoformat(), "output": cfg.output}
+    lock.check()  # a run whose lock was taken over must not commit: the new holder redoes its work
     _write_atomic(fs, posixpath.join(root, MANIFESTS, f"{seq:08d}-{run_id}.json"),
                   json.dumps(manifest, indent=2).encode())
     print_summary(f"raeae nightly: run {run_id} committed", {**summary, "files": len(todo), "output": cfg.output})

@@ -85,3 +85,26 @@ def test_paths_gone_from_the_archive_are_found_from_the_committed_rows():
     assert gone_from_archive([{"path": "s3://a/y.png"}, {"path": "s3://a/new.png"}], state) == ["s3://a/x.png",
                                                                                                "s3://a/z.png"]
     assert gone_from_archive([], SCHEMA.empty_table()) == []
+
+
+def test_a_second_nightly_on_an_output_in_use_is_refused_before_it_touches_anything(tmp_path, capsys):
+    """One writer per output (raeae.lock): a run that finds another one's live lock stops with one line,
+    before Ray starts and before it deletes any uncommitted run folder (which would be the other's)."""
+    import pyarrow.fs as pafs
+
+    from raeae.cli import main
+    from raeae.lock import OutputLock
+
+    make_archive(tmp_path / "archive", ["a.png"])
+    out = tmp_path / "out"
+    (out / "run=working").mkdir(parents=True)  # the other run's files, not yet committed
+    other = OutputLock(pafs.LocalFileSystem(), str(out), "working", settle_s=0.0)
+    other.acquire()
+    try:
+        code = main(["nightly", "--model", "builtin:gray", "--archive", str(tmp_path / "archive"),
+                     "--output", str(out), "--run-id", "second"])
+    finally:
+        other.release()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "another nightly run is writing to this output: run working" in err[0]
+    assert (out / "run=working").is_dir() and not (out / "_manifests").exists()
