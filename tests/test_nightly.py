@@ -63,10 +63,14 @@ def test_killed_run_then_rerun_equals_an_unbroken_run(tmp_path, trained_checkpoi
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
         proc.wait()
+    left_locked = (out / "_lock.json").exists()  # a kill mid-run leaves the output's lock behind
     # Whatever state the kill left, the next run completes the work exactly once.
     rerun = run_nightly_cli(archive, out, trained_checkpoint, "rerun")
     log = rerun.communicate(timeout=300)[0].decode()
     assert rerun.returncode == 0, log[-3000:]
+    # ... and the re-run takes it over at once: its holder's process has ended (raeae.lock)
+    assert ("took over the lock of run crash (its process" in log) == left_locked, log[-3000:]
+    assert not (out / "_lock.json").exists()
     table = read_restored(str(out))
     paths = table["path"].to_pylist()
     assert len(paths) == 24 and len(set(paths)) == 24
