@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 
 import pyarrow.fs as pafs
 
+from raeae.storage import write_atomic
+
 LOCK_FILE = "_lock.json"
 HEARTBEAT_S = 20.0  # how often the holder says it is alive: a write a minute costs nothing beside a run
 STALE_S = 120.0  # six missed heartbeats: a holder that silent is gone (or too stalled to commit safely)
@@ -74,13 +76,12 @@ class OutputLock:
                 return json.loads(f.read())
         except FileNotFoundError:  # released between the two calls
             return None
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError):  # not a lock raeae wrote (it writes whole files)
             return None
 
     def _write(self) -> None:
-        self.fs.create_dir(posixpath.dirname(self.path), recursive=True)
-        with self.fs.open_output_stream(self.path) as f:
-            f.write(json.dumps({**self.record, "alive_at": time.time()}).encode())
+        # whole or not at all: a contender that read a half-written lock would take it for no lock
+        write_atomic(self.fs, self.path, json.dumps({**self.record, "alive_at": time.time()}).encode())
 
     def gone(self, holder: dict) -> str | None:
         """Why ``holder``'s lock may be taken over (its process has ended, or it is silent), or None."""
@@ -116,10 +117,13 @@ class OutputLock:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            holder = self.read()
-            if not holder or holder.get("token") != self.token:
-                return  # taken over: stop refreshing it; check() will refuse the commit
-            self._write()
+            try:
+                holder = self.read()
+                if not holder or holder.get("token") != self.token:
+                    return  # taken over: stop refreshing it; check() will refuse the commit
+                self._write()
+            except OSError:  # a passing storage error: the next beat tries again, well within STALE_S
+                continue
 
     def check(self) -> None:
         """Raise :class:`OutputBusyError` unless the lock is still this run's (call before committing)."""

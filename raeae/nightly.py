@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import posixpath
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -32,7 +31,8 @@ from raeae import checkpoint as ckpt
 from raeae.cluster import connect
 from raeae.lock import OutputLock
 from raeae.restore import SCHEMA, RestoreConfig, parquet_files, print_summary, run_pipeline, summarise
-from raeae.storage import StorageConfig, StorageError, explain, first_names, list_files, resolve, skipped_note
+from raeae.storage import (StorageConfig, StorageError, explain, first_names, list_files, resolve, skipped_note,
+                           write_atomic)
 
 MANIFESTS = "_manifests"
 
@@ -70,15 +70,6 @@ def _manifest_infos(fs: pafs.FileSystem, root: str) -> list[dict]:
             with fs.open_input_stream(info.path) as f:
                 out.append(json.loads(f.read()))
     return sorted(out, key=lambda m: m["seq"])
-
-
-def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Readers see the whole file or nothing: write beside it, then rename (an object PUT on S3)."""
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
 
 
 def committed_table(fs: pafs.FileSystem, root: str, columns: list[str] | None = None) -> pa.Table:
@@ -259,7 +250,7 @@ def _run(cfg: NightlyConfig, lock: OutputLock, files: list[dict], skipped: list[
                 "inputs_restored": len(todo), "reprocess": cfg.reprocess,
                 "committed_at": datetime.now(timezone.utc).isoformat(), "output": cfg.output}
     lock.check()  # a run whose lock was taken over must not commit: the new holder redoes its work
-    _write_atomic(fs, posixpath.join(root, MANIFESTS, f"{seq:08d}-{run_id}.json"),
+    write_atomic(fs, posixpath.join(root, MANIFESTS, f"{seq:08d}-{run_id}.json"),
                   json.dumps(manifest, indent=2).encode())
     print_summary(f"raeae nightly: run {run_id} committed", {**summary, "files": len(todo), "output": cfg.output})
     return manifest

@@ -203,6 +203,15 @@ def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         f.write(data)
 
 
+def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Readers see the whole file or nothing: write beside it, then rename (an object PUT on S3)."""
+    import uuid
+
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    write_bytes(fs, tmp, data)
+    fs.move(tmp, path)
+
+
 def strip_scheme(uri: str) -> str:
     """The path a filesystem from :func:`resolve` takes: ``s3://bucket/key`` -> ``bucket/key``; a local
     path stays as it is (also ``C:/x``: a one-letter scheme is a Windows drive)."""
