@@ -16,10 +16,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from raeae.data import read_image
+from raeae.lock import OutputLock
 from raeae.model import photo_config
 from raeae.nightly import NightlyConfig, nightly
 from raeae.restore import RestoreConfig
-from raeae.storage import StorageConfig, list_images, resolve
+from raeae.storage import StorageConfig, StorageError, explain, list_images, resolve
 from raeae.train import Preset, Scheme, budget_checks, budget_text, train
 
 
@@ -86,6 +87,10 @@ def self_train_and_restore(cfg: ArchiveConfig, verbose: bool = False) -> dict:
         if not getattr(cfg, name):
             raise ValueError(f"--{name} is required")
     run_id = cfg.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    try:  # is another run writing to the output? asked before minutes of training; step 2 takes the lock
+        OutputLock(*resolve(cfg.output, cfg.storage), run_id).free()
+    except OSError as exc:
+        raise StorageError(explain(exc, cfg.output)) from None
     root = cfg.output.rstrip("/")
     model_dir = posixpath.join(root, "_models", run_id)
     channels = cfg.channels or majority_channels(cfg.archive, cfg.storage)

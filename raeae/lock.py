@@ -98,13 +98,20 @@ class OutputLock:
             f"at a time per output, so run again once it has ended (if it has died, its lock expires "
             f"{max(0.0, self.stale_s - silent):.0f} s from now)")
 
-    def acquire(self) -> str | None:
-        """Take the lock, or raise :class:`OutputBusyError`; returns what was taken over from an
-        earlier holder that has gone (None if there was none)."""
+    def free(self) -> tuple[dict | None, str | None]:
+        """The lock's holder now and why it may be taken over (None, None: no lock), or
+        :class:`OutputBusyError` while a live run holds it. A long job (``raeae archive`` trains for
+        minutes first) asks early, so it does not find its output taken only after its training."""
         holder = self.read()
         why = self.gone(holder) if holder else None
         if holder and why is None:
             raise self._refuse(holder)
+        return holder, why
+
+    def acquire(self) -> str | None:
+        """Take the lock, or raise :class:`OutputBusyError`; returns what was taken over from an
+        earlier holder that has gone (None if there was none)."""
+        holder, why = self.free()
         self._write()
         time.sleep(self.settle_s)
         now = self.read()

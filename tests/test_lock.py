@@ -126,3 +126,23 @@ def test_the_lock_works_on_an_s3_output(s3_env):
     first.release()
     assert fs.get_file_info(f"{root}/{LOCK_FILE}").type == pafs.FileType.NotFound
     assert [i.path for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))] == []  # no temp files left
+
+
+def test_archive_is_refused_before_it_trains_when_its_output_is_in_use(tmp_path, capsys):
+    """`raeae archive` trains for minutes before its nightly step takes the lock: it asks first."""
+    from PIL import Image
+
+    from raeae.cli import main
+
+    (tmp_path / "noisy").mkdir()
+    Image.new("L", (32, 32), 128).save(tmp_path / "noisy" / "a.png")
+    other = OutputLock(FS, str(tmp_path / "out"), "nightly-cron", settle_s=0.0)
+    other.acquire()
+    try:
+        code = main(["archive", "--archive", str(tmp_path / "noisy"), "--output", str(tmp_path / "out"),
+                     "--epochs", "1"])
+    finally:
+        other.release()
+    captured = capsys.readouterr()
+    assert code == 2 and "step 1/2" not in captured.out  # no training started
+    assert "another nightly run is writing to this output: run nightly-cron" in captured.err
