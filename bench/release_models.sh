@@ -66,3 +66,9 @@ release runs/release6 gray ../shared/data/bsd68 \
 # aa848e8; CBSD68 σ=25: 30.47 dB.
 release runs/release7 color ../shared/data/cbsd68 \
     ".venv/bin/raeae train --data ../shared/data/cbsd432 --output runs/release7/color --channels 3 --color opponent --init builtin:color --noise-input --sigma 0 --sigma-max 55 --lr 1e-4 --max-minutes 30 --val-fraction 0.02 --storage-path runs/release7/ray --run-name release-color-opponent-3"
+
+# builtin:color, fourth release (shipped) - the third, trained 60 more minutes on CBSD432 in colour on 2
+# CPUs (62 epochs, lr 1e-4 with cosine decay, bf16; the CPUs shared with test runs for a few minutes).
+# Ran at commit eb6875c; CBSD68 σ=25: 30.50 dB (third: 30.47).
+release runs/release8 color ../shared/data/cbsd68 \
+    ".venv/bin/raeae train --data ../shared/data/cbsd432 --output runs/release8/color --channels 3 --color opponent --init builtin:color --noise-input --sigma 0 --sigma-max 55 --lr 1e-4 --max-minutes 60 --val-fraction 0.02 --storage-path runs/release8/ray --run-name release-color-opponent-4"
