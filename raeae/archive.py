@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 
 from raeae.data import read_image
 from raeae.lock import OutputLock
 from raeae.model import photo_config
-from raeae.nightly import NightlyConfig, nightly
+from raeae.nightly import NightlyConfig, new_run_id, nightly
 from raeae.restore import RestoreConfig
 from raeae.storage import StorageConfig, StorageError, explain, list_images, resolve
 from raeae.train import Preset, Scheme, budget_checks, budget_text, train
@@ -86,7 +85,7 @@ def self_train_and_restore(cfg: ArchiveConfig, verbose: bool = False) -> dict:
     for name in ("archive", "output"):
         if not getattr(cfg, name):
             raise ValueError(f"--{name} is required")
-    run_id = cfg.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = cfg.run_id or new_run_id()
     try:  # is another run writing to the output? asked before minutes of training; step 2 takes the lock
         OutputLock(*resolve(cfg.output, cfg.storage), run_id).free()
     except OSError as exc:

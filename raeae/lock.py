@@ -58,7 +58,8 @@ class OutputLock:
 
     def __init__(self, fs: pafs.FileSystem, root: str, run_id: str, heartbeat_s: float = HEARTBEAT_S,
                  stale_s: float = STALE_S, settle_s: float = SETTLE_S):
-        self.fs, self.path, self.run_id = fs, posixpath.join(root, LOCK_FILE), run_id
+        self.fs, self.root, self.run_id = fs, root, run_id
+        self.path = posixpath.join(root, LOCK_FILE)
         self.heartbeat_s, self.stale_s, self.settle_s = heartbeat_s, stale_s, settle_s
         self.token = uuid.uuid4().hex
         self.record = {"run_id": run_id, "token": self.token, "host": socket.gethostname(), "pid": os.getpid(),

@@ -72,6 +72,11 @@ def _manifest_infos(fs: pafs.FileSystem, root: str) -> list[dict]:
     return sorted(out, key=lambda m: m["seq"])
 
 
+def new_run_id() -> str:
+    """A run id when none is given: the UTC time it starts, to the second (sortable, and one a night)."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
 def committed_table(fs: pafs.FileSystem, root: str, columns: list[str] | None = None) -> pa.Table:
     """All rows of all committed runs, in commit order, each with its place (:func:`read_rows`)."""
     return read_rows(fs, _committed_files(fs, root), columns)
@@ -192,7 +197,7 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
     model_ids, model_id = set(ids), "+".join(ids)
     files, skipped = list_files(cfg.archive, storage)
     fs, root = resolve(cfg.output, storage)
-    run_id = cfg.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = cfg.run_id or new_run_id()
     try:
         lock = OutputLock(fs, root, run_id)
         lock.acquire()  # before anything is read: what another run committed meanwhile counts
@@ -207,7 +212,7 @@ def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
 def _run(cfg: NightlyConfig, lock: OutputLock, files: list[dict], skipped: list[str], model_ids: set[str],
          model_id: str, verbose: bool) -> dict:
     """The run itself, holding ``lock``: clean up, select, restore, commit."""
-    fs, root, run_id = lock.fs, posixpath.dirname(lock.path), lock.run_id
+    fs, root, run_id = lock.fs, lock.root, lock.run_id
     if lock.taken_over:
         print(f"raeae nightly: took over {lock.taken_over}")
     try:
