@@ -27,6 +27,7 @@ def train_config_from_args(args: argparse.Namespace):
     photo otherwise) with every flag the user gave on top. ``--max-minutes`` without ``--epochs``
     trains until the budget is spent, whatever the preset's epoch count; blind Gaussian training
     (``--sigma-max``) tells the network the noise level unless ``--no-noise-input`` says not to."""
+    from raeae.corrupt import Noise
     from raeae.storage import StorageConfig
     from raeae.train import Preset, TrainConfig, detect_preset
 
@@ -45,6 +46,9 @@ def train_config_from_args(args: argparse.Namespace):
         # on Train400, σ 0-55, BSD68 σ 15/25/50 with σ estimated per image: 30.45/28.10/25.17 dB,
         # against 30.14/27.87/24.86 without (σ-specific models: 30.66/28.20/25.21).
         cfg = replace(cfg, model=replace(cfg.model, noise_input=True))
+    if not given(args, "jpeg_input") and cfg.noise.noise is Noise.JPEG and not cfg.self_supervised:
+        # JPEG training tells the network each tile's JPEG strength and grid phase (ModelConfig.jpeg_input)
+        cfg = replace(cfg, model=replace(cfg.model, jpeg_input=True))
     return preset, cfg
 
 

@@ -17,6 +17,10 @@ class Noise(enum.Enum):
     SALT_PEPPER = "salt-pepper"  # dead/hot pixels: a fraction `amount` of pixels set to 0 or 1
     MASK = "mask"  # dropped pixels: a fraction `amount` of pixels zeroed
     BLOCK = "block"  # dropped regions: one zeroed square of side `block` per sample
+    # JPEG compression at a quality drawn from [quality, quality_max], after Gaussian noise of σ in
+    # [sigma, sigma_max] on a share `noise_share` of the images (a camera's or scanner's noise, then its
+    # encoder): applied to whole images before patches are cut (raeae.damaged_patches), on the block grid
+    JPEG = "jpeg"
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,14 @@ class NoiseConfig:
     block: int = field(default=8, metadata={"help": "side of the zeroed square, for block masking"})
     clip: bool = field(default=True, metadata={
         "help": "clip noisy values to [0,1], as they are in any stored 8-bit image"})
+    quality: int = field(default=10, metadata={
+        "help": "for --noise jpeg: the lowest JPEG quality drawn (10: the heaviest compression archives hold)"})
+    quality_max: int = field(default=95, metadata={
+        "help": "for --noise jpeg: the highest JPEG quality drawn, uniformly per image and epoch (95: above it "
+                "JPEG leaves next to nothing to undo)"})
+    noise_share: float = field(default=0.5, metadata={
+        "help": "for --noise jpeg: share of images given Gaussian noise of σ in [--sigma, --sigma-max] before "
+                "compression (noise then JPEG, what cameras and scanners save); the rest are compressed clean"})
 
     def __post_init__(self) -> None:
         if self.sigma < 0 or self.sigma_max < 0:
@@ -41,6 +53,11 @@ class NoiseConfig:
             raise ValueError(f"amount must be in [0, 1], got {self.amount}")
         if self.block < 1:
             raise ValueError(f"block must be >= 1, got {self.block}")
+        if not 1 <= self.quality <= self.quality_max <= 100:
+            raise ValueError(f"JPEG qualities must satisfy 1 <= quality <= quality_max <= 100, got "
+                             f"{self.quality} and {self.quality_max}")
+        if not 0.0 <= self.noise_share <= 1.0:
+            raise ValueError(f"noise_share must be in [0, 1], got {self.noise_share}")
 
     @property
     def blind(self) -> bool:
@@ -49,12 +66,16 @@ class NoiseConfig:
 
     def to_dict(self) -> dict:
         return {"noise": self.noise.value, "sigma": self.sigma, "sigma_max": self.sigma_max,
-                "amount": self.amount, "block": self.block, "clip": self.clip}
+                "amount": self.amount, "block": self.block, "clip": self.clip, "quality": self.quality,
+                "quality_max": self.quality_max, "noise_share": self.noise_share}
 
     @classmethod
     def from_dict(cls, d: dict) -> "NoiseConfig":
         return cls(noise=Noise(d["noise"]), sigma=float(d["sigma"]), sigma_max=float(d["sigma_max"]),
-                   amount=float(d["amount"]), block=int(d["block"]), clip=bool(d["clip"]))
+                   amount=float(d["amount"]), block=int(d["block"]), clip=bool(d["clip"]),
+                   # checkpoints from before JPEG training have none of these
+                   quality=int(d.get("quality", 10)), quality_max=int(d.get("quality_max", 95)),
+                   noise_share=float(d.get("noise_share", 0.5)))
 
 
 # Random numbers are drawn on the generator's device and moved to the batch: a CPU generator cannot
@@ -125,6 +146,8 @@ def corrupt_with_level(x: torch.Tensor, config: NoiseConfig, gen: torch.Generato
         y = salt_pepper(x, config.amount, gen)
     elif config.noise is Noise.MASK:
         y = pixel_mask(x, config.amount, gen)
+    elif config.noise is Noise.JPEG:
+        raise ValueError("JPEG damage is made on whole images, on the block grid: raeae.damaged_patches")
     else:
         y = block_mask(x, config.block, gen)
     return (y.clamp(0.0, 1.0) if config.clip else y), level

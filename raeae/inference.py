@@ -13,8 +13,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+import torch.nn.functional as F
+
 from raeae.corrupt import noise_level
 from raeae.images import join_alpha, split_alpha
+from raeae.jpeg import BLOCK, PHASE_STEP, JpegFinding, context
 from raeae.model import DenseAutoencoder
 from raeae.patches import TileGrid, restore_tiles
 from raeae.settings import TILE_BATCH, Blend, Precision, default_stride, fast_bf16  # noqa: F401 - re-exported
@@ -105,6 +108,19 @@ def _as_batch(model: DenseAutoencoder, image: np.ndarray, device: torch.device):
 PACK_TILES = 8192
 
 
+def _jpeg_layout(model: DenseAutoencoder, batch: torch.Tensor, finding: JpegFinding | None, stride: int):
+    """How an image is tiled: ``(batch, stride, origin, scale)``. A ``jpeg_input`` model restores an
+    image with JPEG damage (``finding``) in tiles at stride :data:`PHASE_STEP` on the block grid: the
+    batch is replicate-padded on the top and left so the grid starts at a tile corner (``origin``, the
+    padding, is cut off afterwards) and every tile is told its phase. Anything else keeps ``stride``."""
+    if finding is None or finding.scale <= 0 or not model.config.jpeg_input:
+        return batch, stride, (0, 0), 0.0
+    sy, sx = (-finding.offset[0]) % BLOCK, (-finding.offset[1]) % BLOCK
+    if sy or sx:
+        batch = F.pad(batch, (sx, 0, sy, 0), mode="replicate")
+    return batch, PHASE_STEP, (sy, sx), finding.scale
+
+
 @torch.inference_mode()
 def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: int | None = None,
                    batch_size: int = TILE_BATCH, device: torch.device | str | None = None,
@@ -112,7 +128,8 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
                    pack_tiles: int = PACK_TILES, precision: Precision = Precision.AUTO,
                    on_forward: Callable[[float], None] | None = None,
                    noise_level: float | None = None,
-                   on_sigma: Callable[[list[float | None]], None] | None = None) -> list[np.ndarray]:
+                   on_sigma: Callable[[list[float | None]], None] | None = None,
+                   jpeg: list[JpegFinding | None] | None = None) -> list[np.ndarray]:
     """Restore many uint8 (or uint16) images (each H×W or H×W×1..4, any size); returns each restored,
     same shape and type.
 
@@ -125,7 +142,10 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
     part of the work a faster accelerator shrinks; tiling and stitching around it stay). A model that
     takes the noise level (``noise_input``) is told ``noise_level`` (σ, 0-255 scale) for every image,
     or by default each image's own estimate (:func:`noise_level_of`); ``on_sigma``, if given, receives
-    the σ each image was told, in order (None for a model that takes none)."""
+    the σ each image was told, in order (None for a model that takes none). A model that takes the JPEG
+    damage (``jpeg_input``) is told each image's ``jpeg`` finding (None or scale 0: none), tile by tile
+    on the block grid (:func:`_jpeg_layout`); the ensemble's flips would move the grid, so such
+    images are restored once."""
     cfg = model.config
     # batch_size counts the network's rows (the unit of --tile-batch, what sizes the activations); an
     # opponent-colour model runs each tile as three, so a pass holds a third as many of its tiles
@@ -134,11 +154,12 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
     device = torch.device(device) if device is not None else next(model.parameters()).device
     window = blend.window(cfg.patch_size)
     autocast = precision.autocast(device)
+    findings = jpeg or [None] * len(images)
 
-    def fn(flat: torch.Tensor, level: torch.Tensor | float | None) -> torch.Tensor:
+    def fn(flat: torch.Tensor, level: torch.Tensor | float | None, ctx: torch.Tensor | None = None) -> torch.Tensor:
         t0 = time.perf_counter()
         with autocast:
-            out = model(flat, level=level).float().clamp_(0.0, 1.0)
+            out = model(flat, level=level, jpeg=ctx).float().clamp_(0.0, 1.0)
         if on_forward is not None:
             if device.type != "cpu":
                 torch.accelerator.synchronize(device)  # accelerators run asynchronously: wait to time
@@ -150,8 +171,20 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
     if on_sigma is not None:
         on_sigma(sigmas)
     levels = [_level(model, image, sigma) for image, sigma in zip(images, sigmas)]
+    layouts = [_jpeg_layout(model, batch, f, stride) for (batch, _), f in zip(prepared, findings)]
     results: list[np.ndarray | None] = [None] * len(images)
     pack: list[tuple[int, torch.Tensor, TileGrid]] = []
+
+    def contexts(i: int, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor | None:
+        """Image ``i``'s tiles' JPEG context (None for a model that takes none)."""
+        if not cfg.jpeg_input:
+            return None
+        (sy, sx), scale = layouts[i][2], layouts[i][3]
+        return context(scale, ys - sy, xs - sx).to(device)
+
+    def finish(i: int, out: torch.Tensor) -> np.ndarray:
+        sy, sx = layouts[i][2]
+        return prepared[i][1](out[:, :, sy:, sx:])
 
     def flush() -> None:
         if not pack:
@@ -159,23 +192,26 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
         x = torch.cat([grid.tiles(grid.pad(batch)) for _, batch, grid in pack])
         # each tile is told its own image's noise level (noise_input models; else there is none)
         lv = (torch.cat([torch.full((grid.count,), levels[i], device=device) for i, _, grid in pack])
-              if model.config.noise_input else None)
-        out = torch.cat([fn(x[j:j + tiles_per_pass], None if lv is None else lv[j:j + tiles_per_pass])
+              if cfg.noise_input else None)
+        ctx = torch.cat([contexts(i, *grid.positions()) for i, _, grid in pack]) if cfg.jpeg_input else None
+        out = torch.cat([fn(x[j:j + tiles_per_pass], None if lv is None else lv[j:j + tiles_per_pass],
+                            None if ctx is None else ctx[j:j + tiles_per_pass])
                          for j in range(0, x.shape[0], tiles_per_pass)])
         start = 0
         for i, batch, grid in pack:
-            results[i] = prepared[i][1](grid.blend(out[start:start + grid.count], batch, window))
+            results[i] = finish(i, grid.blend(out[start:start + grid.count], batch, window))
             start += grid.count
         pack.clear()
 
-    for i, (batch, finish) in enumerate(prepared):
-        grid = TileGrid.of(batch, cfg.patch_size, stride)
-        if ensemble or grid.count > pack_tiles:
-            def one(b: torch.Tensor, level=levels[i]) -> torch.Tensor:
-                return restore_tiles(lambda t: fn(t, level), b, cfg.patch_size, stride,
-                                     batch_size=tiles_per_pass, blend=blend)
-            out = (sum(inv(one(fwd(batch))) for fwd, inv in _dihedral_views(batch)) / 8) if ensemble else one(batch)
-            results[i] = finish(out)
+    for i, (batch, image_stride, _, scale) in enumerate(layouts):
+        grid = TileGrid.of(batch, cfg.patch_size, image_stride)
+        if (ensemble and scale == 0) or grid.count > pack_tiles:
+            def one(b: torch.Tensor, i=i, s=image_stride) -> torch.Tensor:
+                return restore_tiles(lambda t, ys, xs: fn(t, levels[i], contexts(i, ys, xs)), b, cfg.patch_size,
+                                     s, batch_size=tiles_per_pass, blend=blend, positions=True)
+            views = list(_dihedral_views(batch)) if ensemble and scale == 0 else [(lambda t: t, lambda t: t)]
+            out = sum(inv(one(fwd(batch))) for fwd, inv in views) / len(views)
+            results[i] = finish(i, out)
             continue
         if sum(g.count for _, _, g in pack) + grid.count > pack_tiles:
             flush()
@@ -203,20 +239,27 @@ def _level(model: DenseAutoencoder, image: np.ndarray, sigma: float | None) -> f
     if sigma is None:
         return None
     if model.config.channels == 3 and _gray(image):
-        # A gray image replicated to RGB has the same noise in all three channels, not independent
-        # noise: its luma plane carries all of σ, where white RGB noise would leave σ/√3 in it.
-        sigma *= 3 ** 0.5
+        sigma *= gray_level_factor()
     return sigma / 255.0
+
+
+def gray_level_factor() -> float:
+    """What a colour model is told of a gray image's σ, as a multiple of it. A gray image replicated
+    to RGB has the same noise in all three channels, not independent noise: its luma plane carries
+    all of σ, where white RGB noise would leave σ/√3 in it."""
+    return 3 ** 0.5
 
 
 def restore_array(model: DenseAutoencoder, image: np.ndarray, stride: int | None = None,
                   batch_size: int = TILE_BATCH, device: torch.device | str | None = None,
                   blend: Blend = Blend.GAUSSIAN, ensemble: bool = False,
-                  precision: Precision = Precision.AUTO, noise_level: float | None = None) -> np.ndarray:
+                  precision: Precision = Precision.AUTO, noise_level: float | None = None,
+                  jpeg: JpegFinding | None = None) -> np.ndarray:
     """Restore a uint8 (or uint16) image (H×W, H×W×1..4) of any size; returns the same shape and type. With
-    ``ensemble`` the image is restored in its 8 flips/rotations and the results averaged (8× the work)."""
+    ``ensemble`` the image is restored in its 8 flips/rotations and the results averaged (8× the work).
+    ``jpeg``: the image's JPEG damage, for a model told it (``jpeg_input``)."""
     return restore_arrays(model, [image], stride, batch_size, device, blend, ensemble, precision=precision,
-                          noise_level=noise_level)[0]
+                          noise_level=noise_level, jpeg=[jpeg])[0]
 
 
 def pick_model(models: list[DenseAutoencoder], image: np.ndarray) -> DenseAutoencoder:

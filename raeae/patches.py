@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from raeae.settings import Blend
 
-# A model on flattened patches: (N, C*p*p) -> (N, C*p*p).
-PatchFn = Callable[[torch.Tensor], torch.Tensor]
+# A model on flattened patches: (N, C*p*p) -> (N, C*p*p); with restore_tiles(..., positions=True) it
+# also gets the tiles' top-left corners (rows, columns), for a model told where its tile lies (JPEG).
+PatchFn = Callable[..., torch.Tensor]
 
 
 def pad_to_patch(image: torch.Tensor, patch: int) -> torch.Tensor:
@@ -139,6 +140,14 @@ class TileGrid:
         h, w = self.shape[2:]
         return F.pad(image, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else image
 
+    def positions(self, r0: int = 0, r1: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-left corners (rows, columns in the padded image) of the tiles of tile rows ``r0:r1``, in
+        the order :meth:`tiles` gives them (image, then row, then column)."""
+        r1 = self.rows if r1 is None else r1
+        ys = torch.arange(r0, r1).mul_(self.stride).repeat_interleave(self.cols)
+        xs = torch.arange(self.cols).mul_(self.stride).repeat(r1 - r0)
+        return ys.repeat(self.shape[0]), xs.repeat(self.shape[0])
+
     def tiles(self, band: torch.Tensor) -> torch.Tensor:
         """Flattened tiles ``(B*L, C*p*p)`` of a padded image or band of tile rows."""
         b, c = self.shape[:2]
@@ -185,14 +194,16 @@ def run_chunks(fn: PatchFn, flat: torch.Tensor, batch_size: int) -> torch.Tensor
 
 
 def restore_tiles(fn: PatchFn, image: torch.Tensor, patch: int, stride: int,
-                  batch_size: int = 4096, max_tiles: int = 8192, blend: Blend = Blend.FLAT) -> torch.Tensor:
+                  batch_size: int = 4096, max_tiles: int = 8192, blend: Blend = Blend.FLAT,
+                  positions: bool = False) -> torch.Tensor:
     """Run ``fn`` over overlapping tiles of ``image`` ``(B, C, H, W)`` and blend them back.
 
     The image is replicate-padded on the bottom/right so the tile grid covers it, so any size from
     1×1 works. Where tiles overlap their outputs are averaged, weighted by ``blend``'s window. With an
     identity ``fn`` the result is the input (up to float rounding). ``fn`` gets at most ``batch_size``
     tiles a call (tiles, not network rows: :func:`raeae.inference.restore_arrays` converts its
-    ``--tile-batch`` rows for a model that runs a tile as several rows). At most ``max_tiles`` tiles are
+    ``--tile-batch`` rows for a model that runs a tile as several rows); with ``positions`` it is called
+    as ``fn(tiles, ys, xs)`` with their top-left corners. At most ``max_tiles`` tiles are
     held at once: 8,192 colour tiles of 13×13 are 16.6 MB, below the 32 MB up to which a raeae
     worker's allocator reuses freed memory (:mod:`raeae.worker`), where bands of 65,536
     tiles (133 MB) were each a fresh ``mmap``, zeroed by the kernel page by page.
@@ -205,6 +216,12 @@ def restore_tiles(fn: PatchFn, image: torch.Tensor, patch: int, stride: int,
     for r0 in range(0, grid.rows, band_rows):  # bands of tile rows, to bound memory on huge images
         r1 = min(grid.rows, r0 + band_rows)
         y0, y1 = r0 * stride, (r1 - 1) * stride + patch
-        out = run_chunks(fn, grid.tiles(x[:, :, y0:y1, :]), batch_size)
+        tiles = grid.tiles(x[:, :, y0:y1, :])
+        if positions:
+            ys, xs = grid.positions(r0, r1)
+            out = torch.cat([fn(tiles[i:i + batch_size], ys[i:i + batch_size], xs[i:i + batch_size])
+                             for i in range(0, tiles.shape[0], batch_size)])
+        else:
+            out = run_chunks(fn, tiles, batch_size)
         grid.add(acc, weight, out, y0, y1, window)
     return grid.finish(acc, weight)

@@ -34,8 +34,10 @@ from raeae import checkpoint as ckpt
 from raeae.cluster import alive_nodes, capacity, connect, require
 from raeae.corrupt import (IMPULSE_SHARE, Noise, NoiseConfig, blind_spot, corrupt, corrupt_with_level,
                            estimate_sigma, impulse_share, masked_mse, recorrupt)
+from raeae.damaged_patches import DamagedEpoch, DamagedPatchSampler
 from raeae.data import find_idx, load_source, read_image
-from raeae.inference import Precision, default_stride
+from raeae.inference import Precision, default_stride, noise_level_of
+from raeae.jpeg import JPEG_INPUTS, PHASE_STEP, compress, context, ijg_scale
 from raeae.metrics import batch_psnr
 from raeae.model import ModelConfig, build_model, describe_network, digits_config, photo_config
 from raeae.patches import Blend, PatchSampler, dihedral, restore_tiles
@@ -209,7 +211,7 @@ class TrainConfig:
     def knows_noise_level(self) -> bool:
         """Whether training knows each patch's σ, which a ``noise_input`` model is told: supervised
         training on Gaussian noise it adds itself."""
-        return self.noise.noise is Noise.GAUSSIAN and not self.self_supervised
+        return self.noise.noise in (Noise.GAUSSIAN, Noise.JPEG) and not self.self_supervised
 
     @property
     def val_stride(self) -> int:
@@ -305,12 +307,12 @@ def sigma_weights(noisy: torch.Tensor, clean: torch.Tensor, power: float) -> tor
 
 
 def _loss(model, noisy: torch.Tensor, clean: torch.Tensor, loss: Loss, weights: torch.Tensor | None = None,
-          level: torch.Tensor | None = None) -> torch.Tensor:
+          level: torch.Tensor | None = None, jpeg: torch.Tensor | None = None) -> torch.Tensor:
     module = model.module if hasattr(model, "module") else model
     if loss is Loss.BCE and module.sigmoid_head:
         # On the logits: numerically stable, and the gradient does not vanish at saturated pixels.
-        return F.binary_cross_entropy_with_logits(model(noisy, logits=True, level=level), clean)
-    out = model(noisy, level=level)
+        return F.binary_cross_entropy_with_logits(model(noisy, logits=True, level=level, jpeg=jpeg), clean)
+    out = model(noisy, level=level, jpeg=jpeg)
     if loss is Loss.BCE:
         return F.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), clean)
     if weights is not None:
@@ -357,11 +359,15 @@ def resolve_self_supervision(cfg: TrainConfig, images: list[torch.Tensor]) -> Tr
     return replace(cfg, noise_sigma=sigma * 255.0)
 
 
-def make_sampler(images: list[torch.Tensor], cfg: TrainConfig, world: int = 1) -> PatchSampler:
+def make_sampler(images: list[torch.Tensor], cfg: TrainConfig, world: int = 1) -> PatchSampler | DamagedPatchSampler:
     """This worker's patch sampler: ``--patches-per-image``, or about one cover of each image per epoch
     and at least :data:`MIN_STEPS_PER_EPOCH` batches (measured: a 120-image archive of 48 px crops made
-    4-step epochs, and 0.4 minutes of training went almost all to validation and checkpoints)."""
+    4-step epochs, and 0.4 minutes of training went almost all to validation and checkpoints). JPEG
+    damage is made on whole images, so it has a sampler of its own."""
     min_patches = 0 if cfg.patches_per_image else MIN_STEPS_PER_EPOCH * max(1, cfg.batch_size // world)
+    if cfg.noise.noise is Noise.JPEG and not cfg.self_supervised:
+        return DamagedPatchSampler(images, cfg.model.patch_size, cfg.noise, cfg.augment, cfg.patches_per_image,
+                                   min_patches)
     return PatchSampler(images, cfg.model.patch_size, cfg.patches_per_image, min_patches)
 
 
@@ -389,7 +395,12 @@ class EpochTrainer:
         with self.cfg.precision.autocast(self.device):
             return self._step_loss_in(patches, gen).float()
 
-    def _step_loss_in(self, patches: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _step_loss_in(self, patches: torch.Tensor | DamagedEpoch, gen: torch.Generator) -> torch.Tensor:
+        if isinstance(patches, DamagedEpoch):  # damaged whole images, already flipped (DamagedPatchSampler)
+            clean = patches.clean.to(self.device, non_blocking=True).float().div_(255.0).flatten(1)
+            noisy = patches.damaged.to(self.device, non_blocking=True).float().div_(255.0).flatten(1)
+            return _loss(self.model, noisy, clean, self.cfg.loss, None, patches.level.to(self.device),
+                         patches.jpeg.to(self.device))
         if not self.cfg.self_supervised:
             noisy, clean, level = self._batch(patches, gen)
             weights = sigma_weights(noisy, clean, self.cfg.sigma_balance) if self.cfg.sigma_balance else None
@@ -487,6 +498,8 @@ def validate(model, val: list[torch.Tensor], cfg: TrainConfig, device: torch.dev
     Images of equal size are restored together in one batch.
     """
     module = model.module if hasattr(model, "module") else model
+    if cfg.noise.noise is Noise.JPEG:
+        return validate_jpeg(module, val, cfg, device)
     module.eval()
     gen = torch.Generator().manual_seed(cfg.seed + 7919)
     noise = cfg.noise
@@ -505,6 +518,29 @@ def validate(model, val: list[torch.Tensor], cfg: TrainConfig, device: torch.dev
         level = noise.sigma / 255.0  # the true σ: validation ranks epochs, it does not test the estimator
         restored = restore_tiles(lambda x: module(x, level=level).clamp(0, 1), noisy, cfg.model.patch_size,
                                  cfg.val_stride, blend=Blend.GAUSSIAN)
+        noisy_psnr.append(batch_psnr(clean, noisy))
+        model_psnr.append(batch_psnr(clean, restored))
+    module.train()
+    return {"val_psnr_noisy": float(torch.cat(noisy_psnr).mean()), "val_psnr": float(torch.cat(model_psnr).mean())}
+
+
+@torch.inference_mode()
+def validate_jpeg(module, val: list[torch.Tensor], cfg: TrainConfig, device: torch.device) -> dict:
+    """PSNR (dB) of the held-out images compressed at the middle of the quality range (no noise) and of
+    the model's restorations, tiled as restore tiles them: stride 4 on the block grid, each image's
+    noise level estimated as restore estimates it."""
+    module.eval()
+    quality = (cfg.noise.quality + cfg.noise.quality_max) // 2
+    noisy_psnr, model_psnr = [], []
+    for img in val:
+        clean = img.to(device).float().div_(255.0).unsqueeze(0)
+        pixels = img.permute(1, 2, 0).numpy()
+        damaged = compress(pixels[..., 0] if pixels.shape[2] == 1 else pixels, quality)
+        noisy = torch.from_numpy(damaged.reshape(pixels.shape)).permute(2, 0, 1).float().div_(255.0).unsqueeze(0).to(device)
+        level = noise_level_of(noisy) / 255.0
+        restored = restore_tiles(lambda x, ys, xs: module(x, level=level, jpeg=context(ijg_scale(quality), ys, xs).to(device))
+                                 .clamp(0, 1), noisy, cfg.model.patch_size, PHASE_STEP, blend=Blend.GAUSSIAN,
+                                 positions=True)
         noisy_psnr.append(batch_psnr(clean, noisy))
         model_psnr.append(batch_psnr(clean, restored))
     module.train()
@@ -716,9 +752,16 @@ def init_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
     if cfg.model.noise_input and not model_cfg.noise_input:
         # `--noise-input --init M`: the level's input weights start at zero, so training starts from
         # exactly what M restores and learns what the level adds.
+        if model_cfg.jpeg_input:
+            raise ValueError("--noise-input --init: the checkpoint takes JPEG inputs but no noise level")
         model_cfg = replace(model_cfg, noise_input=True)
         first = weights["encoder.0.weight"]
         weights["encoder.0.weight"] = torch.cat([first, first.new_zeros(first.shape[0], 1)], dim=1)
+    if cfg.model.jpeg_input and not model_cfg.jpeg_input:
+        # `--jpeg-input --init M`: the JPEG inputs come last, their weights start at zero (as the level's)
+        model_cfg = replace(model_cfg, jpeg_input=True)
+        first = weights["encoder.0.weight"]
+        weights["encoder.0.weight"] = torch.cat([first, first.new_zeros(first.shape[0], JPEG_INPUTS)], dim=1)
     return replace(cfg, model=model_cfg, stride=min(cfg.stride, model_cfg.patch_size)), weights
 
 
