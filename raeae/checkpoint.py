@@ -93,8 +93,9 @@ def _builtin_bytes(uri: str) -> bytes:
 
 
 def auto_names() -> list[str]:
-    """The bundled models ``builtin:auto`` stands for, in order: gray, then colour (those present)."""
-    return [n for n in ("gray", "color") if (BUILTIN_DIR / f"{n}.pt").is_file()]
+    """The bundled models ``builtin:auto`` stands for, in order: gray, colour, then the JPEG model
+    (those present)."""
+    return [n for n in ("gray", "color", "jpeg") if (BUILTIN_DIR / f"{n}.pt").is_file()]
 
 
 def read_models(uri: str, storage: StorageConfig = StorageConfig()) -> list[bytes]:

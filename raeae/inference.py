@@ -262,13 +262,15 @@ def restore_array(model: DenseAutoencoder, image: np.ndarray, stride: int | None
                           noise_level=noise_level, jpeg=[jpeg])[0]
 
 
-def pick_model(models: list[DenseAutoencoder], image: np.ndarray) -> DenseAutoencoder:
-    """Of several models (``builtin:auto``), the one made for this image: the colour model for colour
-    images (RGB, RGBA), the gray model for gray ones (L, LA); a single model takes everything."""
+def pick_model(models: list[DenseAutoencoder], image: np.ndarray, jpeg: bool = False) -> DenseAutoencoder:
+    """Of several models (``builtin:auto``), the one made for this image: for JPEG damage (``jpeg``)
+    the model told it (``jpeg_input``), gray or colour; else among the others the colour model for
+    colour images (RGB, RGBA), the gray model for gray ones (L, LA). A single model takes everything."""
     if len(models) == 1:
         return models[0]
+    pool = [m for m in models if m.config.jpeg_input == jpeg] or models
     want = 1 if _gray(image) else 3
-    return next((m for m in models if m.config.channels == want), models[0])
+    return next((m for m in pool if m.config.channels == want), pool[0])
 
 
 def restore_image(model: DenseAutoencoder, image: np.ndarray, stride: int | None = None) -> np.ndarray:

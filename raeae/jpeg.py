@@ -17,9 +17,13 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch only where tiles are made: the decode stage reads a JPEG's tables without it
+    import torch
 
 # The standard (ITU-T T.81 Annex K) luminance quantisation table, in natural (row-major) order.
 IJG_LUMA = np.array([
@@ -83,11 +87,13 @@ def compress(image: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L" if image.ndim == 2 else "RGB"))
 
 
-def context(scale: float | torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+def context(scale: "float | torch.Tensor", ys: "torch.Tensor", xs: "torch.Tensor") -> "torch.Tensor":
     """What a ``jpeg_input`` network is told of each tile ``(N, JPEG_INPUTS)``: the JPEG strength
     (one for all or per tile) and the phase of the tile's top-left corner ``(ys, xs)`` (pixels from the
     JPEG grid, multiples of :data:`PHASE_STEP`) on the 16-pixel grid, one-hot. A strength of 0 (no JPEG)
     zeroes the phases too, so such a tile's inputs are all zero."""
+    import torch
+
     n = ys.shape[0]
     s = torch.as_tensor(scale, dtype=torch.float32, device=ys.device).expand(n).reshape(n, 1)
     rows = torch.nn.functional.one_hot((ys.long() % 16) // PHASE_STEP, PHASES).float()
@@ -120,8 +126,10 @@ def _dct_matrix() -> np.ndarray:
 _DCT = _dct_matrix()
 # The low-frequency coefficients that are read (zig-zag 1-5): large steps, and energy in every photograph.
 _PROBES = ((0, 1), (1, 0), (1, 1), (2, 0), (0, 2))
+# coefficient (u, v) of a block B is DCT[u] @ B @ DCT[v]: the basis image outer(DCT[u], DCT[v]), flattened
+_PROBE_BASIS = np.stack([np.outer(_DCT[u], _DCT[v]).ravel() for u, v in _PROBES], axis=1)  # (64, probes)
 MAX_BLOCKS = 2048  # blocks sampled for the table: enough for the histograms, bounded time on a 300 MP scan
-SEARCH_BLOCKS = 192  # blocks sampled at each of the 64 grid offsets, to find the grid
+SEARCH_BLOCKS = 96  # blocks sampled at each of the 64 grid offsets, to find the grid
 
 
 def _luma(image: np.ndarray) -> np.ndarray:
@@ -134,25 +142,31 @@ def _luma(image: np.ndarray) -> np.ndarray:
     return 0.299 * a[..., 0] + 0.587 * a[..., 1] + 0.114 * a[..., 2]
 
 
-def _coefficients(y: np.ndarray, dy: int, dx: int, rng: np.random.Generator, limit: int) -> np.ndarray:
-    """The probe DCT coefficients ``(blocks, probes)`` of a sample of the 8×8 blocks of ``y`` on the
-    grid at offset ``(dy, dx)``."""
-    h, w = (y.shape[0] - dy) // BLOCK, (y.shape[1] - dx) // BLOCK
-    blocks = y[dy:dy + h * BLOCK, dx:dx + w * BLOCK].reshape(h, BLOCK, w, BLOCK).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
-    if blocks.shape[0] > limit:
-        blocks = blocks[rng.choice(blocks.shape[0], limit, replace=False)]
-    d = _DCT @ (blocks - 128.0) @ _DCT.T
-    return np.stack([d[:, u, v] for u, v in _PROBES], axis=1)
+def _coefficients(y: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """The probe DCT coefficients ``(..., probes)`` of the 8×8 blocks of ``y`` whose top-left corners
+    are ``corners`` ``(..., 2)``."""
+    k = np.arange(BLOCK)
+    blocks = y[corners[..., 0, None, None] + k[:, None], corners[..., 1, None, None] + k[None, :]]
+    flat = blocks.reshape(*blocks.shape[:-2], BLOCK * BLOCK) - 128.0
+    return flat @ _PROBE_BASIS  # each probe's basis image, flattened: one matrix product
+
+
+def _corners(y: np.ndarray, offset: tuple[int, int], limit: int, rng: np.random.Generator) -> np.ndarray:
+    """Top-left corners ``(n, 2)`` of a sample of at most ``limit`` whole blocks on the grid at ``offset``."""
+    rows, cols = (y.shape[0] - offset[0]) // BLOCK, (y.shape[1] - offset[1]) // BLOCK
+    n = rows * cols
+    pick = rng.choice(n, limit, replace=False) if n > limit else np.arange(n)
+    return np.stack([pick // cols * BLOCK + offset[0], pick % cols * BLOCK + offset[1]], axis=1)
 
 
 def _misfits(coef: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """How far coefficients ``(blocks, probes)`` lie from multiples of each row of ``steps``
-    ``(tables, probes)``: per table, the mean distance in steps over the coefficients that quantisation
+    """How far coefficients ``(..., blocks, probes)`` lie from multiples of each row of ``steps``
+    ``(tables, probes)``: per table ``(..., tables)``, the mean distance in steps over the coefficients that quantisation
     did not set to zero (0 for exact multiples, ~0.25 for none; 1 where too few are left to tell)."""
-    r = coef[None] / steps[:, None, :]
+    r = (coef[..., None, :, :] / steps[:, None, :]).astype(np.float32)  # (..., tables, blocks, probes)
     keep = np.abs(r) > 0.5
-    dist = np.where(keep, np.abs(r - np.round(r)), 0.0).sum(axis=(1, 2))
-    count = keep.sum(axis=(1, 2))
+    dist = (np.abs(r - np.rint(r)) * keep).sum(axis=(-2, -1))
+    count = keep.sum(axis=(-2, -1))
     return np.where(count >= 50, dist / np.maximum(count, 1), 1.0)
 
 
@@ -162,6 +176,8 @@ _SCALES = np.array([ijg_scale(q) for q in range(5, 91)])
 _PROBE_STEPS = np.maximum(1.0, np.floor((np.array([[IJG_LUMA[u, v] for u, v in _PROBES]]) * _SCALES[:, None] * 100.0
                                          + 50.0) / 100.0))
 _TRIED = _PROBE_STEPS.min(axis=1) >= 4
+# The distinct probe steps among them (neighbouring qualities often round to the same steps), for the grid search
+_SEARCH_STEPS = np.unique(_PROBE_STEPS[_TRIED], axis=0)
 FIT = 0.12  # misfit below which coefficients are taken as quantised: decoded JPEGs measure ~0.02-0.09,
 # unquantised coefficients ~0.25, and a table of twice the true steps ~0.13 or more
 TIE = 0.02  # fits within this of the best are as good: the strongest of them is the table
@@ -179,10 +195,24 @@ def estimate_jpeg(image: np.ndarray, offset: tuple[int, int] | None = None, seed
         return JpegFinding()
     rng = np.random.default_rng(seed)
     steps, scales = _PROBE_STEPS[_TRIED], _SCALES[_TRIED]
-    if offset is None:
-        grid = [(a, b) for a in range(BLOCK) for b in range(BLOCK)]
-        offset = min(grid, key=lambda o: _misfits(_coefficients(y, *o, rng, SEARCH_BLOCKS), steps).min())
-    fits = _misfits(_coefficients(y, *offset, rng, MAX_BLOCKS), steps)
+    if offset is None:  # the same sample of blocks moved to each of the 64 offsets, all at once
+        shifts = np.array([(a, b) for a in range(BLOCK) for b in range(BLOCK)])
+        base = _corners(y[:-BLOCK, :-BLOCK], (0, 0), SEARCH_BLOCKS, rng)
+        fits = _misfits(_coefficients(y, base[None] + shifts[:, None]), _SEARCH_STEPS)  # (64, tables)
+        offset = tuple(int(v) for v in shifts[int(fits.min(axis=1).argmin())])
+    fits = _misfits(_coefficients(y, _corners(y, offset, MAX_BLOCKS, rng)), steps)
     if fits.min() >= FIT:
         return JpegFinding()
     return JpegFinding(float(scales[np.flatnonzero(fits <= fits.min() + TIE)[0]]), offset)
+
+
+def stated_scale(data: bytes) -> float | None:
+    """The strength a file's bytes state, for a JPEG (its luminance table, read from the header alone);
+    None for any other file, or a JPEG whose header cannot be read (decoding then says why)."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return file_scale(img)
+    except Exception:  # noqa: BLE001 - the decode stage reports a damaged file; here it states nothing
+        return None

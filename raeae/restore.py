@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from raeae import checkpoint as ckpt
 from raeae.cluster import alive_nodes, connect, private_local, require, show_progress
+from raeae.damage import DamageRequest
 from raeae.images import DEFAULT_MAX_PIXELS
 from raeae.settings import TILE_BATCH, Blend, Layout, Precision
 from raeae.stages import FusedStage, ModelStage, decode_batch, encode_batch
@@ -46,6 +47,12 @@ SCHEMA = pa.schema([
     # σ (0-255) the model was told about this image: --noise-level, else the image's own estimate;
     # null for a model that takes none, and on error. Sorting by it finds an archive's worst scans.
     pa.field("noise_sigma", pa.float32()),
+    # The damage found and acted on (raeae.damage): impulse, jpeg, noise, unknown (too small or flat to
+    # judge: restored as noise), none (--damage none: written back unchanged); null on error
+    pa.field("damage", pa.string()),
+    pa.field("damage_source", pa.string()),  # image (found in the pixels), file (a JPEG's tables), flag (--damage)
+    pa.field("jpeg_quality", pa.float32()),  # the JPEG quality (IJG scale) restored for; null without JPEG damage
+    pa.field("impulse_share", pa.float32()),  # share of pixel values found to be impulses; null where not looked for
     pa.field("restored_at", pa.timestamp("us", tz="UTC"), nullable=False),
     pa.field("seconds", pa.float32()),  # time spent on this file in all stages (the sum of the next three)
     pa.field("decode_s", pa.float32()),  # reading and decoding it (CPU task)
@@ -107,6 +114,10 @@ class RestoreConfig:
     noise_level: float = field(default=0.0, metadata={
         "help": "for models trained with --noise-input: the noise σ (0-255) they are told for every image; "
                 "0 = each image's own estimate. Higher smooths more, lower keeps more detail"})
+    damage: str = field(default="auto", metadata={
+        "help": "what damage to restore: auto = decided per image from what it shows (impulses, JPEG "
+                "artefacts with or without noise, noise; the rows say what was found); or one kind for "
+                "the whole run: jpeg[:QUALITY], gaussian[:SIGMA], impulse, none (written back unchanged)"})
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={
         "help": "refuse images with more pixels than this, from the header (decompression bombs)"})
     file_mb: float = field(default=0.0, metadata={
@@ -134,6 +145,7 @@ class RestoreConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        DamageRequest.parse(self.damage)  # a bad --damage fails here, with one line
 
 
 @dataclass(frozen=True)
@@ -268,7 +280,7 @@ def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: 
     model_kwargs = {"model": cfg.model, "model_id": model_id, "storage": storage,
                     "stride": cfg.stride, "tile_batch": cfg.tile_batch, "threads": plan.threads, "gpu": cfg.gpu,
                     "blend": cfg.blend, "ensemble": cfg.ensemble, "precision": cfg.precision,
-                    "noise_level": cfg.noise_level or None}
+                    "noise_level": cfg.noise_level or None, "damage": cfg.damage}
     encode_kwargs = {"png_level": cfg.png_level, "schema": SCHEMA}
     actor_pool = {"batch_size": None, "batch_format": "pyarrow",
                   "compute": ray.data.ActorPoolStrategy(size=plan.actors),

@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from raeae.images import SourceInfo, bits, channels, decode_image, encode_png
+from raeae.damage import Damage, DamageRequest, Kind
+from raeae.images import SourceInfo, bits, channels, decode_image, encode_png, join_alpha, split_alpha
+from raeae.jpeg import stated_scale
 from raeae.storage import StorageConfig, read_bytes, resolve, strip_scheme
 
 if TYPE_CHECKING:  # torch is imported by the model actors only: a decode or encode task's worker
@@ -53,8 +55,14 @@ DECODED = pa.schema([
     pa.field("exif", pa.binary()),
     pa.field("dpi", pa.list_(pa.float64(), 2)),
     pa.field("error", pa.string()),  # null while the row is fine
+    pa.field("jpeg_scale", pa.float64()),  # the strength a JPEG file states in its tables; null for others
     pa.field("model_id", pa.string()),
     pa.field("noise_sigma", pa.float32()),
+    # what the model stage found and acted on (raeae.damage); null on error
+    pa.field("damage", pa.string()),
+    pa.field("damage_source", pa.string()),
+    pa.field("jpeg_quality", pa.float32()),
+    pa.field("impulse_share", pa.float32()),
     pa.field("decode_s", pa.float32()),
     pa.field("restore_s", pa.float32()),
     pa.field("forward_s", pa.float32()),
@@ -119,13 +127,14 @@ def decode_batch(batch: pa.Table, input_uri: str, storage: StorageConfig, max_pi
         t0 = time.perf_counter()
         row = {"path": item["path"], "size": item["size"], "mtime": item["mtime"], "pixels": None,
                "height": None, "width": None, "depth": None, "bits": None, "source_mode": None, "icc_profile": None,
-               "exif": None, "dpi": None, "error": None, "model_id": None, "noise_sigma": None,
+               "exif": None, "dpi": None, "error": None, "jpeg_scale": None, "model_id": None, "noise_sigma": None,
+               "damage": None, "damage_source": None, "jpeg_quality": None, "impulse_share": None,
                "restore_s": 0.0, "forward_s": 0.0}
         try:
             if isinstance(raw, Exception):
                 raise raw
             image, mode, info = decode_image(raw, max_pixels)
-            row = {**_with_pixels(row, image), "source_mode": mode}
+            row = {**_with_pixels(row, image), "source_mode": mode, "jpeg_scale": stated_scale(raw)}
             if copy_metadata:
                 row.update(icc_profile=info.icc_profile, exif=info.exif, dpi=info.dpi)
         except Exception as exc:  # noqa: BLE001 - one bad file is one error row, never a dead job
@@ -144,7 +153,7 @@ class ModelStage:
 
     def __init__(self, model: str, model_id: str, storage: StorageConfig, stride: int, tile_batch: int,
                  threads: int, gpu: bool = False, blend: "Blend | None" = None, ensemble: bool = False,
-                 precision: "Precision | None" = None, noise_level: float | None = None):
+                 precision: "Precision | None" = None, noise_level: float | None = None, damage: str = "auto"):
         import torch
 
         from raeae import checkpoint as ckpt
@@ -171,9 +180,11 @@ class ModelStage:
             self.strides[id(m)] = ckpt.recommended_stride(state, stride)
         self.tile_batch, self.ensemble = tile_batch, ensemble
         self.blend, self.precision = blend or Blend.GAUSSIAN, precision or Precision.AUTO
-        self.noise_level = noise_level  # None: each image's own estimate (noise_input models only)
+        self.request = DamageRequest.parse(damage)
+        # None: each image's own estimate (noise_input models only); --damage gaussian:S gives one too
+        self.noise_level = noise_level if noise_level is not None else self.request.sigma
 
-    def _restore(self, model, images: list[np.ndarray]) -> tuple[list[tuple[np.ndarray, float | None]], float]:
+    def _restore(self, model, images: list[np.ndarray], damages: list[Damage]) -> tuple[list[tuple[np.ndarray, float | None]], float]:
         """Each image restored, with the σ its model was told (None: the model takes none), and the
         seconds of forward passes."""
         from raeae.inference import restore_arrays
@@ -181,43 +192,63 @@ class ModelStage:
         forward_s, sigmas = [], []
         out = restore_arrays(model, images, self.strides[id(model)], self.tile_batch, self.device,
                              blend=self.blend, ensemble=self.ensemble, precision=self.precision,
-                             on_forward=forward_s.append, noise_level=self.noise_level, on_sigma=sigmas.extend)
+                             on_forward=forward_s.append, noise_level=self.noise_level, on_sigma=sigmas.extend,
+                             jpeg=[d.jpeg for d in damages])
         return list(zip(out, sigmas)), sum(forward_s)
+
+    def _prepare(self, row: dict) -> tuple[np.ndarray, Damage]:
+        """A decoded row's image as its model gets it, and its damage (recorded in the row): impulses
+        are filled here, before the model restores what noise is left."""
+        from raeae.damage import requested
+        from raeae.impulses import fill_impulses
+
+        image = _pixels(row)
+        damage = requested(image, self.request, row["jpeg_scale"])
+        row.update(damage=damage.kind.value, damage_source=damage.source.value, jpeg_quality=damage.jpeg_quality,
+                   impulse_share=damage.impulse_share)
+        if damage.kind is Kind.IMPULSE:
+            image = join_alpha(fill_impulses(split_alpha(image)[0]), split_alpha(image)[1])
+        return image, damage
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from raeae.inference import pick_model
 
         rows = batch.to_pylist()
-        groups: dict[int, list[tuple[int, np.ndarray]]] = {}  # model index -> (row, image) it restores
+        groups: dict[int, list[tuple[int, np.ndarray, Damage]]] = {}  # model index -> (row, image, damage)
         for i, row in enumerate(rows):
             row["model_id"] = self.ids[id(self.models[0])]  # error rows: the first model
             if row["error"] is None:
+                t0 = time.perf_counter()
                 try:
-                    image = _pixels(row)
-                    groups.setdefault(self.models.index(pick_model(self.models, image)), []).append((i, image))
+                    image, damage = self._prepare(row)
+                    if damage.kind is not Kind.NONE:  # --damage none: written back as it came
+                        model = pick_model(self.models, image, jpeg=damage.kind is Kind.JPEG)
+                        groups.setdefault(self.models.index(model), []).append((i, image, damage))
                 except Exception as exc:  # noqa: BLE001
                     row["error"] = _error_text(exc)
-        for index, pairs in groups.items():
+                row["restore_s"] += time.perf_counter() - t0  # finding the damage (and filling impulses)
+        for index, members in groups.items():
             model = self.models[index]
             t0 = time.perf_counter()
-            members, images = [i for i, _ in pairs], [im for _, im in pairs]
+            images = [im for _, im, _ in members]
             try:
-                restored, forward_s = self._restore(model, images)
-                results = [(i, out, sigma) for i, (out, sigma) in zip(members, restored)]
+                restored, forward_s = self._restore(model, images, [d for _, _, d in members])
+                results = [(i, out, sigma) for (i, _, _), (out, sigma) in zip(members, restored)]
             except Exception:  # noqa: BLE001 - find the one image that fails; the others still restore
                 results, forward_s = [], 0.0
-                for i, image in zip(members, images):
+                for i, image, damage in members:
                     try:
-                        out, f = self._restore(model, [image])
+                        out, f = self._restore(model, [image], [damage])
                         results.append((i, *out[0]))
                         forward_s += f
                     except Exception as exc:  # noqa: BLE001
                         rows[i]["error"] = _error_text(exc)
             elapsed = time.perf_counter() - t0
             total = sum(im.size for im in images) or 1
-            for i, image in zip(members, images):  # the batch's time, shared out by pixels
+            for (i, _, _), image in zip(members, images):  # the batch's time, shared out by pixels
                 share = image.size / total
-                rows[i].update(restore_s=elapsed * share, forward_s=forward_s * share, model_id=self.ids[id(model)])
+                rows[i].update(restore_s=rows[i]["restore_s"] + elapsed * share, forward_s=forward_s * share,
+                               model_id=self.ids[id(model)])
             for i, out, sigma in results:
                 rows[i] = {**_with_pixels(rows[i], out), "noise_sigma": sigma}
         return pa.Table.from_pylist(rows, schema=DECODED)
@@ -235,7 +266,8 @@ def encode_batch(batch: pa.Table, png_level: int, schema: pa.Schema) -> pa.Table
         result = {"path": row["path"], "image": None, "width": None, "height": None, "channels": None, "bits": None,
                   "source_mode": row["source_mode"], "status": "error", "error": row["error"],
                   "source_size": row["size"], "source_mtime": _ts_us(row["mtime"]), "model_id": row["model_id"],
-                  "noise_sigma": row["noise_sigma"]}
+                  "noise_sigma": row["noise_sigma"], "damage": row["damage"], "damage_source": row["damage_source"],
+                  "jpeg_quality": row["jpeg_quality"], "impulse_share": row["impulse_share"]}
         if row["error"] is None:
             try:
                 image = _pixels(row)
