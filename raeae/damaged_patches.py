@@ -94,7 +94,7 @@ class DamagedPatchSampler:
         quality = int(rng.integers(cfg.quality, cfg.quality_max + 1))
         damaged = compress(noisy[..., 0] if noisy.shape[2] == 1 else noisy, quality)
         damaged = damaged[..., None] if damaged.ndim == 2 else damaged
-        batch = torch.from_numpy(damaged).permute(2, 0, 1).unsqueeze(1).float().div_(255.0)
+        batch = torch.from_numpy(np.ascontiguousarray(damaged)).permute(2, 0, 1).unsqueeze(1).float().div_(255.0)
         level = noise_level_of(batch) / 255.0
         if gray:  # a gray image restored by a colour model: gray replicated, told as restore tells it
             plane, damaged = np.repeat(plane, 3, axis=2), np.repeat(damaged, 3, axis=2)

@@ -179,8 +179,8 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
         """Image ``i``'s tiles' JPEG context (None for a model that takes none)."""
         if not cfg.jpeg_input:
             return None
-        (sy, sx), scale = layouts[i][2], layouts[i][3]
-        return context(scale, ys - sy, xs - sx).to(device)
+        # positions in the padded batch, whose corner (0, 0) is a block corner (see _jpeg_layout)
+        return context(layouts[i][3], ys, xs).to(device)
 
     def finish(i: int, out: torch.Tensor) -> np.ndarray:
         sy, sx = layouts[i][2]

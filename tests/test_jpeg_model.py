@@ -1,0 +1,120 @@
+"""A model told the JPEG damage (jpeg_input): zero-started inputs, training pairs cut on the block
+grid from whole damaged images, and restore's tiling on that grid."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from raeae.corrupt import Noise, NoiseConfig
+from raeae.damaged_patches import DamagedPatchSampler
+from raeae.inference import pick_model, restore_array, restore_arrays
+from raeae.jpeg import JPEG_INPUTS, JpegFinding, compress, context, ijg_scale
+from raeae.model import ModelConfig, build_model, describe_network
+from raeae.train import TrainConfig, init_weights
+
+from conftest import photo
+
+
+def jpeg_model(channels: int = 3, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(patch_size=13, channels=channels, hidden=(32,), latent=16, decoder_hidden=(32,),
+                                   residual=True, noise_input=True, jpeg_input=True)).eval()
+
+
+def test_jpeg_inputs_widen_the_first_layer_and_round_trip_in_the_config():
+    cfg = ModelConfig(patch_size=13, channels=3, noise_input=True, jpeg_input=True)
+    assert build_model(cfg).encoder[0].in_features == 169 + 1 + JPEG_INPUTS
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    old = cfg.to_dict()
+    del old["jpeg_input"]  # checkpoints from before JPEG damage
+    assert ModelConfig.from_dict(old).jpeg_input is False
+    assert "+σ+9 JPEG" in describe_network(cfg)
+
+
+def test_fine_tuning_with_jpeg_inputs_starts_from_exactly_the_given_model(tmp_path):
+    cfg = TrainConfig(data="x", output="y", init="builtin:color", noise=NoiseConfig(noise=Noise.JPEG),
+                      model=replace(TrainConfig().model, channels=3, noise_input=True, jpeg_input=True))
+    tuned_cfg, weights = init_weights(cfg)
+    assert tuned_cfg.model.jpeg_input and tuned_cfg.model.noise_input
+    tuned = build_model(tuned_cfg.model)
+    tuned.load_state_dict(weights)
+    from raeae.checkpoint import load_model
+
+    base = load_model("builtin:color").float()
+    x = torch.rand(8, 3 * 169)
+    ctx = context(2.5, torch.arange(8) * 4, torch.zeros(8, dtype=torch.long))
+    assert torch.allclose(tuned(x, level=0.05, jpeg=ctx), base(x, level=0.05), atol=1e-5)
+
+
+def test_damaged_patches_are_cut_on_the_block_grid_from_whole_jpegs():
+    gray = photo("camera.png")[100:196, 100:228]
+    images = [torch.from_numpy(gray[None].copy())]
+    sampler = DamagedPatchSampler(images, 13, NoiseConfig(noise=Noise.JPEG, quality=20, quality_max=20, noise_share=0.0),
+                                  augment=False, patches_per_image=50)
+    epoch = sampler.sample(torch.Generator().manual_seed(0))
+    assert len(epoch) == 50 and epoch.clean.shape == epoch.damaged.shape == (50, 1, 13, 13)
+    assert epoch.jpeg.shape == (50, JPEG_INPUTS) and torch.all(epoch.jpeg[:, 0] == ijg_scale(20))
+    assert torch.all(epoch.level == epoch.level[0])  # one image: one level, as restore estimates it
+    # every damaged patch is the patch at its place of the whole compressed image, a place on the grid
+    whole = compress(gray, 20)
+    windows = np.lib.stride_tricks.sliding_window_view(gray, (13, 13))
+    for k in range(50):
+        ys, xs = np.nonzero((windows == epoch.clean[k, 0].numpy()).all(axis=(2, 3)))
+        y, x = ys[0], xs[0]
+        assert y % 4 == 0 and x % 4 == 0
+        assert np.array_equal(epoch.damaged[k, 0].numpy(), whole[y:y + 13, x:x + 13])
+        assert epoch.jpeg[k, 1:5].argmax().item() == (y % 16) // 4 and epoch.jpeg[k, 5:].argmax().item() == (x % 16) // 4
+    again = sampler.sample(torch.Generator().manual_seed(0))
+    assert torch.equal(again.damaged, epoch.damaged)  # an epoch is a function of its seed
+
+
+def test_jpeg_images_are_tiled_on_their_grid_wherever_the_image_starts():
+    model = jpeg_model()
+    image = compress(photo("astronaut.png")[:80, :96], 20)
+    whole = restore_array(model, image, jpeg=JpegFinding(ijg_scale(20), (0, 0)), noise_level=10.0)
+    # the same image cropped by 3 rows and 5 columns: its grid starts at (5, 3); the tiles still lie on
+    # it, so away from the borders every pixel is restored exactly as in the whole image
+    cropped = restore_array(model, image[3:, 5:], jpeg=JpegFinding(ijg_scale(20), (5, 3)), noise_level=10.0)
+    assert np.abs(cropped[20:-20, 20:-20].astype(int) - whole[23:-20, 25:-20].astype(int)).max() <= 1
+    # a model told nothing of JPEG restores it differently
+    assert not np.array_equal(whole, restore_array(model, image, noise_level=10.0))
+
+
+def test_packed_jpeg_restores_equal_one_image_at_a_time_and_pick_the_jpeg_model():
+    model = jpeg_model()
+    images = [compress(photo("astronaut.png")[:40, :56], q) for q in (10, 50)] + [photo("camera.png")[:33, :47]]
+    findings = [JpegFinding(ijg_scale(10)), JpegFinding(ijg_scale(50), (2, 6)), None]
+    packed = restore_arrays(model, images, jpeg=findings, pack_tiles=10**6)
+    for image, finding, out in zip(images, findings, packed):
+        alone = restore_array(model, image, jpeg=finding)
+        assert np.abs(out.astype(int) - alone.astype(int)).max() <= 1
+    plain = build_model(ModelConfig(patch_size=13, channels=3, hidden=(8,), latent=4, decoder_hidden=(8,)))
+    gray = build_model(ModelConfig(patch_size=13, channels=1, hidden=(8,), latent=4, decoder_hidden=(8,)))
+    models = [gray, plain, model]
+    assert pick_model(models, images[0], jpeg=True) is model
+    assert pick_model(models, images[2], jpeg=True) is model  # a gray JPEG too: the colour JPEG model
+    assert pick_model(models, images[0]) is plain and pick_model(models, images[2]) is gray
+
+
+@pytest.mark.parametrize("quality", [20])
+def test_a_short_jpeg_fine_tune_learns_to_undo_jpeg(quality):
+    """Not the release: a few hundred steps from the bundled colour model on one photograph must
+    already improve on the JPEG it was given (the inputs start at zero, the loss goes down)."""
+    from raeae.train import EpochTrainer, Clock
+
+    cfg = TrainConfig(data="x", output="y", init="builtin:color", batch_size=64, lr=2e-4, epochs=1,
+                      noise=NoiseConfig(noise=Noise.JPEG, quality=quality, quality_max=quality, noise_share=0.0),
+                      model=replace(TrainConfig().model, channels=3, noise_input=True, jpeg_input=True))
+    cfg, weights = init_weights(cfg)
+    model = build_model(cfg.model)
+    model.load_state_dict(weights)
+    images = [torch.from_numpy(photo("astronaut.png")[:256, :256].copy()).permute(2, 0, 1)]
+    sampler = DamagedPatchSampler(images, 13, cfg.noise, patches_per_image=64 * 60)
+    trainer = EpochTrainer(cfg, model, torch.optim.Adam(model.parameters(), lr=cfg.lr), sampler, torch.device("cpu"))
+    first = trainer.run_epoch(1, Clock(float("inf")))["train_loss"]
+    last = trainer.run_epoch(2, Clock(float("inf")))["train_loss"]
+    assert last < first
