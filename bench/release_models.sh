@@ -72,3 +72,15 @@ release runs/release7 color ../shared/data/cbsd68 \
 # Ran at commit eb6875c; CBSD68 σ=25: 30.50 dB (third: 30.47).
 release runs/release8 color ../shared/data/cbsd68 \
     ".venv/bin/raeae train --data ../shared/data/cbsd432 --output runs/release8/color --channels 3 --color opponent --init builtin:color --noise-input --sigma 0 --sigma-max 55 --lr 1e-4 --max-minutes 60 --val-fraction 0.02 --storage-path runs/release8/ray --run-name release-color-opponent-4"
+
+# builtin:jpeg, first release - JPEG artefacts, with or without noise before compression. builtin:color's
+# fourth release told the JPEG damage (--jpeg-input, turned on by --noise jpeg: the quantisation table's
+# strength and each tile's phase on the block grid, 9 inputs whose weights start at zero, so training began
+# from exactly builtin:color) and fine-tuned for 80 minutes on 2 CPUs on CBSD432: each image, each epoch,
+# flipped or rotated, made gray for a quarter of them, given Gaussian noise of σ 5-30 for half of them,
+# then saved as a JPEG at a quality drawn from 10-95 (raeae.damaged_patches); lr 2e-4 with cosine decay,
+# bf16. One colour model restores gray JPEGs too (through its luma plane). (The run itself wrote to
+# runs/release9/color-jpeg, a folder renamed before packaging; the command here names the folder release()
+# packages.)
+release runs/release9 jpeg ../shared/data/cbsd68 \
+    ".venv/bin/raeae train --data ../shared/data/cbsd432 --output runs/release9/jpeg --channels 3 --color opponent --init builtin:color --noise jpeg --sigma 5 --sigma-max 30 --quality 10 --quality-max 95 --lr 2e-4 --max-minutes 80 --val-fraction 0.02 --storage-path runs/release9/ray --run-name release-color-jpeg-1"

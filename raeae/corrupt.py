@@ -21,6 +21,9 @@ class Noise(enum.Enum):
     # [sigma, sigma_max] on a share `noise_share` of the images (a camera's or scanner's noise, then its
     # encoder): applied to whole images before patches are cut (raeae.damaged_patches), on the block grid
     JPEG = "jpeg"
+    # shot noise: photon counts of a sensor whose white collects `peak` photons (Poisson), drawn per sample
+    # from [peak, peak_max] when peak_max > peak; its std grows with the brightness, as a sensor's does
+    POISSON = "poisson"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class NoiseConfig:
     quality_max: int = field(default=95, metadata={
         "help": "for --noise jpeg: the highest JPEG quality drawn, uniformly per image and epoch (95: above it "
                 "JPEG leaves next to nothing to undo)"})
+    peak: float = field(default=30.0, metadata={
+        "help": "for --noise poisson: photons that white collects (fewer = noisier; 30 is a dim scene)"})
+    peak_max: float = field(default=0.0, metadata={
+        "help": "for --noise poisson: if > peak, draw the peak uniformly from [peak, peak_max] per sample"})
     noise_share: float = field(default=0.5, metadata={
         "help": "for --noise jpeg: share of images given Gaussian noise of σ in [--sigma, --sigma-max] before "
                 "compression (noise then JPEG, what cameras and scanners save); the rest are compressed clean"})
@@ -56,6 +63,8 @@ class NoiseConfig:
         if not 1 <= self.quality <= self.quality_max <= 100:
             raise ValueError(f"JPEG qualities must satisfy 1 <= quality <= quality_max <= 100, got "
                              f"{self.quality} and {self.quality_max}")
+        if self.peak <= 0 or self.peak_max < 0:
+            raise ValueError(f"peak must be > 0 and peak_max >= 0, got {self.peak} and {self.peak_max}")
         if not 0.0 <= self.noise_share <= 1.0:
             raise ValueError(f"noise_share must be in [0, 1], got {self.noise_share}")
 
@@ -67,7 +76,8 @@ class NoiseConfig:
     def to_dict(self) -> dict:
         return {"noise": self.noise.value, "sigma": self.sigma, "sigma_max": self.sigma_max,
                 "amount": self.amount, "block": self.block, "clip": self.clip, "quality": self.quality,
-                "quality_max": self.quality_max, "noise_share": self.noise_share}
+                "quality_max": self.quality_max, "noise_share": self.noise_share, "peak": self.peak,
+                "peak_max": self.peak_max}
 
     @classmethod
     def from_dict(cls, d: dict) -> "NoiseConfig":
@@ -75,7 +85,8 @@ class NoiseConfig:
                    amount=float(d["amount"]), block=int(d["block"]), clip=bool(d["clip"]),
                    # checkpoints from before JPEG training have none of these
                    quality=int(d.get("quality", 10)), quality_max=int(d.get("quality_max", 95)),
-                   noise_share=float(d.get("noise_share", 0.5)))
+                   noise_share=float(d.get("noise_share", 0.5)), peak=float(d.get("peak", 30.0)),
+                   peak_max=float(d.get("peak_max", 0.0)))
 
 
 # Random numbers are drawn on the generator's device and moved to the batch: a CPU generator cannot
@@ -102,6 +113,17 @@ def gaussian(x: torch.Tensor, sigma: float, gen: torch.Generator, sigma_max: flo
     s = draw_sigmas(x, sigma, gen, sigma_max) if sigmas is None else sigmas
     noise = torch.randn(x.shape, generator=gen, device=gen.device, dtype=x.dtype).to(x.device)
     return x + noise * _per_sample(s / 255.0, x)
+
+
+def poisson(x: torch.Tensor, peak: float, gen: torch.Generator, peak_max: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shot noise: ``Poisson(x * peak) / peak``, the peak per sample uniform in [peak, peak_max] when
+    peak_max > peak. Returns the noisy batch and each sample's noise std in [0, 1] units ``(N,)`` (the
+    rms over its pixels, sqrt(mean(x) / peak)), what a ``noise_input`` model is told."""
+    peaks = draw_sigmas(x, peak, gen, peak_max)  # the same per-sample uniform draw
+    scale = _per_sample(peaks, x)
+    counts = torch.poisson((x * scale).float().cpu(), generator=gen if gen.device.type == "cpu" else None)
+    level = (x.flatten(1).mean(1).clamp_min(0) / peaks).sqrt()
+    return counts.to(x.device, x.dtype) / scale, level
 
 
 def salt_pepper(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
@@ -136,8 +158,8 @@ def corrupt(x: torch.Tensor, config: NoiseConfig, gen: torch.Generator) -> torch
 
 
 def corrupt_with_level(x: torch.Tensor, config: NoiseConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``corrupt``, and each sample's Gaussian noise std in [0, 1] units ``(N,)`` (what a ``noise_input``
-    model is told); None for the other corruptions, which have no σ."""
+    """``corrupt``, and each sample's noise std in [0, 1] units ``(N,)`` (what a ``noise_input`` model is
+    told): Gaussian and shot noise; None for the other corruptions, which have no σ."""
     level = None
     if config.noise is Noise.GAUSSIAN:
         sigmas = draw_sigmas(x, config.sigma, gen, config.sigma_max)
@@ -146,6 +168,8 @@ def corrupt_with_level(x: torch.Tensor, config: NoiseConfig, gen: torch.Generato
         y = salt_pepper(x, config.amount, gen)
     elif config.noise is Noise.MASK:
         y = pixel_mask(x, config.amount, gen)
+    elif config.noise is Noise.POISSON:
+        y, level = poisson(x, config.peak, gen, config.peak_max)
     elif config.noise is Noise.JPEG:
         raise ValueError("JPEG damage is made on whole images, on the block grid: raeae.damaged_patches")
     else:

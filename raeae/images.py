@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,6 +189,22 @@ def _unreadable(data: bytes, exc: Exception) -> str:
     return f"not a readable image ({why}{len(data)} bytes)"
 
 
+_PILLOW_LIMIT = threading.Lock()
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """Pillow's lazy open (the header only), with Pillow's own decompression-bomb limit (89.5 MP, a
+    warning, then an error at twice that) out of the way: the caller checks the size against
+    ``max_pixels``, the user's one limit, before any pixel is decoded. The limit is a module global
+    of Pillow's, so it is lifted for this open alone, under a lock."""
+    with _PILLOW_LIMIT:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
     """Bytes of a stored image -> (uint8 array H×W or H×W×C with C in 2, 3, 4; source Pillow mode).
     8 bits always (16 bits a channel are scaled down): what training, evaluation and the demo read."""
@@ -203,17 +219,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"refused: {exc}") from None
+        img = _open_header(data)
     except Exception as exc:  # noqa: BLE001 - any failure to identify means "not an image"
         raise ImageError(_unreadable(data, exc)) from None
     w, h = img.size
     if w * h > max_pixels:
-        raise ImageError(f"refused: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
-                         f"(decompression bomb guard, --max-pixels)")
+        raise ImageError(f"refused: {w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} "
+                         f"(decompression bomb guard; --max-pixels sets it)")
     if w < 1 or h < 1:
         raise ImageError(f"image has no pixels ({w}x{h})")
     try:

@@ -38,6 +38,25 @@ def measure(model, images: list[tuple[str, np.ndarray]], sigmas: list[float], se
     return out
 
 
+def measure_jpeg(model, images: list[tuple[str, np.ndarray]], qualities: list[int]) -> dict[str, dict[str, float]]:
+    """Mean PSNR (dB) of each image saved as a JPEG at each quality (Pillow's libjpeg) and of the model's
+    restoration of it, told the quality as restore reads it from the file's tables."""
+    from raeae.jpeg import JpegFinding, compress, ijg_scale
+
+    out = {}
+    for quality in qualities:
+        jpeg_db, model_db = [], []
+        for _, clean in images:
+            damaged = compress(clean, quality)
+            jpeg_db.append(psnr(clean, damaged))
+            model_db.append(psnr(clean, restore_array(model, damaged, jpeg=JpegFinding(ijg_scale(quality)))))
+        out[f"jpeg {quality}"] = {"noisy": round(float(np.mean(jpeg_db)), 3), "model": round(float(np.mean(model_db)), 3)}
+    return out
+
+
+JPEG_QUALITIES = (10, 20, 40, 75)  # measured at release for a model told the JPEG damage
+
+
 def git_commit(repo: str = ".") -> str:
     try:
         return subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -49,7 +68,8 @@ def git_commit(repo: str = ".") -> str:
 def package(trained: str, target: str, command: str, commit: str, test_data: str,
             sigmas: list[float] = (15.0, 25.0, 50.0), limit: int = 0) -> dict:
     """Write the slim checkpoint ``trained`` to ``target`` in fp16 with a provenance record, after
-    measuring it on ``test_data``; returns the provenance."""
+    measuring it on ``test_data`` (at each σ of Gaussian noise, or for a model told the JPEG damage at
+    each of :data:`JPEG_QUALITIES`); returns the provenance."""
     state, _ = ckpt.load_state(trained)
     model = ckpt.model_from_state(state)
     channels = model.config.channels
@@ -66,7 +86,8 @@ def package(trained: str, target: str, command: str, commit: str, test_data: str
         "train_minutes": round((max((h.get("elapsed_s", 0.0) for h in history), default=0.0)
                                 or sum(h.get("epoch_s", 0.0) for h in history)) / 60, 1),
         "epochs": len(history), "test_data": test_data, "test_images": len(images),
-        "psnr_db": measure(model, images, list(sigmas)), "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "psnr_db": (measure_jpeg(model, images, list(JPEG_QUALITIES)) if model.config.jpeg_input
+                    else measure(model, images, list(sigmas))), "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "dtype": "float16",
     }
     init = state.get("train_config", {}).get("init", "")

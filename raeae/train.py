@@ -197,7 +197,7 @@ class TrainConfig:
                    "--sigma-balance weighs a blind range of Gaussian noise: it needs --sigma-max and mse"),
                   (not (self.self_supervised and self.loss is Loss.BCE), "--self-supervised trains with mse"),
                   (not self.model.noise_input or self.knows_noise_level,
-                   "--noise-input tells the network the σ of Gaussian noise: it needs --noise gaussian and no "
+                   "--noise-input tells the network the noise level: it needs --noise gaussian, poisson or jpeg and no "
                    "--self-supervised"),
                   (0 <= self.stride <= self.model.patch_size,
                    f"stride must be in [0, patch size {self.model.patch_size}], got {self.stride}"),
@@ -211,7 +211,7 @@ class TrainConfig:
     def knows_noise_level(self) -> bool:
         """Whether training knows each patch's σ, which a ``noise_input`` model is told: supervised
         training on Gaussian noise it adds itself."""
-        return self.noise.noise in (Noise.GAUSSIAN, Noise.JPEG) and not self.self_supervised
+        return self.noise.noise in (Noise.GAUSSIAN, Noise.POISSON, Noise.JPEG) and not self.self_supervised
 
     @property
     def val_stride(self) -> int:
@@ -515,7 +515,9 @@ def validate(model, val: list[torch.Tensor], cfg: TrainConfig, device: torch.dev
     for imgs in groups.values():
         clean = torch.stack(imgs).to(device).float().div_(255.0)
         noisy = corrupt(clean, noise, gen).clamp(0, 1).mul(255).round().div(255)
-        level = noise.sigma / 255.0  # the true σ: validation ranks epochs, it does not test the estimator
+        # Gaussian: the true σ (validation ranks epochs, it does not test the estimator); shot noise has
+        # no one σ: the images' estimate, as restore tells it
+        level = noise.sigma / 255.0 if noise.noise is Noise.GAUSSIAN else noise_level_of(noisy) / 255.0
         restored = restore_tiles(lambda x: module(x, level=level).clamp(0, 1), noisy, cfg.model.patch_size,
                                  cfg.val_stride, blend=Blend.GAUSSIAN)
         noisy_psnr.append(batch_psnr(clean, noisy))

@@ -98,3 +98,29 @@ def test_sigma_balance_needs_a_blind_gaussian_range():
         TrainConfig(sigma_balance=1.0)
     with pytest.raises(ValueError, match="sigma_balance must be >= 0"):
         TrainConfig(noise=NoiseConfig(sigma=0, sigma_max=55), sigma_balance=-1.0)
+
+
+def test_shot_noise_grows_with_brightness_and_its_level_is_told():
+    from raeae.corrupt import corrupt_with_level
+
+    x = torch.cat([torch.full((50, 1, 16, 16), 0.2), torch.full((50, 1, 16, 16), 0.8)])
+    y, level = corrupt_with_level(x, NoiseConfig(noise=Noise.POISSON, peak=30.0, clip=False), gen())
+    dark, bright = (y - x)[:50].std(), (y - x)[50:].std()
+    assert float(dark) == pytest.approx((0.2 / 30) ** 0.5, rel=0.1)
+    assert float(bright) == pytest.approx((0.8 / 30) ** 0.5, rel=0.1)
+    assert torch.allclose(level[:50], torch.tensor((0.2 / 30) ** 0.5)) and torch.allclose(level[50:], torch.tensor((0.8 / 30) ** 0.5))
+    assert abs(float(y.mean() - x.mean())) < 0.01  # unbiased
+    _, varied = corrupt_with_level(torch.full((200, 1, 8, 8), 0.5), NoiseConfig(noise=Noise.POISSON, peak=10, peak_max=100), gen())
+    assert float(varied.min()) < (0.5 / 80) ** 0.5 and float(varied.max()) > (0.5 / 12) ** 0.5
+
+
+def test_jpeg_damage_is_not_made_on_patches():
+    with pytest.raises(ValueError, match="whole images"):
+        corrupt(torch.rand(2, 1, 8, 8), NoiseConfig(noise=Noise.JPEG), gen())
+
+
+@pytest.mark.parametrize("kw, message", [(dict(quality=0), "quality"), (dict(quality=50, quality_max=40), "quality"),
+                                         (dict(peak=0), "peak"), (dict(noise_share=1.5), "noise_share")])
+def test_bad_damage_settings_fail_with_one_line(kw, message):
+    with pytest.raises(ValueError, match=message):
+        NoiseConfig(**kw)

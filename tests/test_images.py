@@ -8,6 +8,8 @@ from PIL import Image
 
 from raeae.images import ImageError, SourceInfo, decode, decode_image, encode_png
 
+from conftest import png_bytes
+
 
 def enc(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
@@ -308,3 +310,19 @@ def test_damaged_16_bit_ppm_and_jpeg_2000_are_image_errors():
         decode_image(ppm[:-7])
     with pytest.raises(ImageError, match="cannot decode JPEG2000 data"):
         decode_image(jp2[:len(jp2) // 2])
+
+
+def test_max_pixels_is_the_only_size_limit_and_its_refusal_names_size_limit_and_flag(monkeypatch):
+    """Pillow's own bomb limit (89.5 MP; here lowered so a small file stands for a 96 MP scan) must not
+    refuse what --max-pixels allows, nor call a valid file corrupt."""
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # 60x40 = 2,400 pixels: "over" Pillow's limit, twice
+    scan = np.tile(np.arange(60, dtype=np.uint8), (40, 1))
+    image, mode, _ = decode_image(png_bytes(scan), max_pixels=10_000)
+    assert np.array_equal(image, scan) and mode == "L"
+    assert PILImage.MAX_IMAGE_PIXELS == 1000  # Pillow's setting is left as it was
+    with pytest.raises(ImageError) as err:
+        decode_image(png_bytes(scan), max_pixels=2_000)
+    assert str(err.value) == ("refused: 60x40 = 2,400 pixels is over the limit of 2,000 "
+                              "(decompression bomb guard; --max-pixels sets it)")
