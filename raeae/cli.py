@@ -124,6 +124,13 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from raeae.report import ReportConfig, report
+
+    report(config_from_args(ReportConfig, args))
+    return 0
+
+
 def _config_classes() -> dict:
     """Each command's config class, imported on demand: train, evaluate and demo import torch (~1.5 s),
     which restore and nightly leave to their model actors."""
@@ -163,7 +170,11 @@ def _config_classes() -> dict:
         from raeae.info import InfoConfig
         return InfoConfig
 
-    return {"train": train, "restore": restore, "nightly": nightly, "archive": archive, "export": export,
+    def report():
+        from raeae.report import ReportConfig
+        return ReportConfig
+
+    return {"report": report, "train": train, "restore": restore, "nightly": nightly, "archive": archive, "export": export,
             "evaluate": evaluate, "demo": demo, "samples": samples, "info": info}
 
 
@@ -177,6 +188,7 @@ COMMANDS = [  # name, function, one-line help
     ("demo", _demo, "the main job end to end on embedded sample photographs"),
     ("samples", _samples, "write a noisy archive of the embedded sample photographs"),
     ("info", _info, "describe a model: its network, its training and what it measured"),
+    ("report", _report, "write the HTML report of a restore or nightly output again, from the output alone"),
 ]
 
 

@@ -49,6 +49,13 @@ def noise_text(noise: dict) -> str:
     if kind == "gaussian":
         lo, hi = float(noise.get("sigma", 0.0)), float(noise.get("sigma_max", 0.0))
         return f"gaussian σ {lo:g}-{hi:g} (blind)" if hi > lo else f"gaussian σ {lo:g}"
+    if kind == "jpeg":
+        lo, hi = float(noise.get("sigma", 0.0)), float(noise.get("sigma_max", 0.0))
+        return (f"JPEG quality {int(noise.get('quality', 10))}-{int(noise.get('quality_max', 95))}, after "
+                f"gaussian σ {lo:g}-{max(lo, hi):g} on {float(noise.get('noise_share', 0.5)):.0%} of the images")
+    if kind == "poisson":
+        lo, hi = float(noise.get("peak", 30.0)), float(noise.get("peak_max", 0.0))
+        return f"poisson shot noise, peak {lo:g}" + (f"-{hi:g}" if hi > lo else "")
     if kind == "block":
         return f"block masks of {int(noise.get('block', 0))}x{int(noise.get('block', 0))} pixels"
     return f"{kind}, {float(noise.get('amount', 0.0)):.0%} of the pixels"

@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 from raeae import checkpoint as ckpt
 from raeae.cluster import connect
 from raeae.lock import OutputLock
-from raeae.restore import SCHEMA, RestoreConfig, parquet_files, print_summary, run_pipeline, summarise
+from raeae.report import REPORTS_DIR, nightly_reports, write_quietly
+from raeae.restore import SCHEMA, RestoreConfig, parquet_files, print_summary, run_context, run_pipeline, summarise
 from raeae.storage import (StorageConfig, StorageError, explain, first_names, list_files, resolve, skipped_note,
                            write_atomic)
 
@@ -253,9 +254,13 @@ def _run(cfg: NightlyConfig, lock: OutputLock, files: list[dict], skipped: list[
                 "files": [posixpath.relpath(f, root) for f in data_files], **summary,
                 "inputs_listed": len(files), "inputs_skipped": len(skipped), "inputs_gone": len(gone),
                 "inputs_restored": len(todo), "reprocess": cfg.reprocess,
-                "committed_at": datetime.now(timezone.utc).isoformat(), "output": cfg.output}
+                "committed_at": datetime.now(timezone.utc).isoformat(), "output": cfg.output,
+                **run_context(cfg.restore)}
     lock.check()  # a run whose lock was taken over must not commit: the new holder redoes its work
     write_atomic(fs, posixpath.join(root, MANIFESTS, f"{seq:08d}-{run_id}.json"),
                   json.dumps(manifest, indent=2).encode())
     print_summary(f"raeae nightly: run {run_id} committed", {**summary, "files": len(todo), "output": cfg.output})
+    if write_quietly("raeae nightly", nightly_reports, cfg.output, cfg.restore.storage, run_id):
+        print(f"raeae nightly: report {cfg.output.rstrip('/')}/{REPORTS_DIR}/{run_id}.html "
+              f"(the nights: {REPORTS_DIR}/index.html)")
     return manifest

@@ -11,11 +11,12 @@ and the job goes on.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import posixpath
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,7 @@ from raeae import checkpoint as ckpt
 from raeae.cluster import alive_nodes, connect, private_local, require, show_progress
 from raeae.damage import DamageRequest
 from raeae.images import DEFAULT_MAX_PIXELS
+from raeae.report import REPORT_FILE, restore_report, write_quietly
 from raeae.settings import TILE_BATCH, Blend, Layout, Precision
 from raeae.stages import FusedStage, ModelStage, decode_batch, encode_batch
 from raeae.storage import StorageConfig, StorageError, explain, list_files, resolve, skipped_note, write_bytes
@@ -446,10 +448,36 @@ def restore(cfg: RestoreConfig, verbose: bool = False) -> dict:
               f"(object store too small for the pipeline's working set; slower, not lossy)")
     summary = {"files": len(files), "skipped_files": len(skipped),
                **summarise(out_fs, parquet_files(out_fs, out_path), wall), "spilled_bytes": spilled,
-               "input": cfg.input, "output": cfg.output, "model_id": model_id}
+               "input": cfg.input, "output": cfg.output, "model": cfg.model, "model_id": model_id,
+               **run_context(cfg)}
     write_bytes(out_fs, posixpath.join(out_path, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
     print_summary("raeae restore", summary)
+    report = write_quietly("raeae restore", restore_report, cfg.output, cfg.storage, summary)
+    if report:
+        print(f"raeae restore: report {cfg.output.rstrip('/')}/{REPORT_FILE}")
     return summary
+
+
+def run_context(cfg: RestoreConfig) -> dict:
+    """What a report says ran besides the data: raeae's version, the cluster's size, and the settings
+    that differ from the defaults (the flags given)."""
+    import ray
+
+    from raeae import __version__
+
+    try:
+        nodes = alive_nodes() if ray.is_initialized() else []
+    except Exception:  # noqa: BLE001 - a cluster that cannot say: the report leaves it out
+        nodes = []
+    cluster = ({"nodes": len(nodes), "CPUs": sum(n.get("CPU", 0.0) for n in nodes),
+                "GPUs": sum(n.get("GPU", 0.0) for n in nodes)} if nodes else {})
+    defaults = RestoreConfig()
+    settings = {}
+    for f in fields(RestoreConfig):
+        value = getattr(cfg, f.name)
+        if f.name not in ("model", "input", "output", "storage") and value != getattr(defaults, f.name):
+            settings[f.name] = value.value if isinstance(value, enum.Enum) else value
+    return {"raeae_version": __version__, "cluster": cluster, "settings": settings}
 
 
 def print_summary(prefix: str, s: dict) -> None:
