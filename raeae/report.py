@@ -134,7 +134,9 @@ def _svg(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    # no metadata block: its RDF namespaces are URLs, and a date would make every report differ
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Creator": None, "Date": None, "Format": None,
+                                                                   "Type": None})
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg"):]  # inline: no XML prolog or DOCTYPE inside the HTML
@@ -185,6 +187,7 @@ def nights_chart(nights: list[dict]) -> str | None:
     minutes = ax.twinx()
     minutes.plot(x, [n.get("wall_s", 0.0) / 60 for n in nights], "k.-", label="minutes")
     minutes.set_ylabel("minutes")
+    minutes.set_ylim(bottom=0)
     ax.legend(loc="upper left", fontsize=7)
     return _svg(fig)
 
