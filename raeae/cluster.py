@@ -83,11 +83,13 @@ def choose_address(env: str | None, recorded: str | None, alive=answers) -> tupl
 
 
 class _ProgressLines(logging.Filter):
-    """Keeps only Ray Data's "Total Progress: done/total" line, reworded, for logs and pipes, and only
-    while a command has asked for progress (:func:`show_progress`): a restore, not training's
-    data loading."""
+    """Keeps only Ray Data's "Total Progress: done/total" line, reworded in images, for logs and pipes,
+    and only while a command has asked for progress (:func:`show_progress`): a restore, not training's
+    data loading. Ray Data counts its blocks, and a restore's block is a unit of up to --batch-size
+    files, so the images done are the units' share of the images (units are near equal in size)."""
 
     prefix: str | None = None
+    images: int = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
@@ -96,14 +98,26 @@ class _ProgressLines(logging.Filter):
         done = text.split(":", 1)[1].strip()
         if done.startswith("0/"):
             return False  # the first report comes before any work: nothing to say yet
-        record.msg, record.args = f"{self.prefix}: {done} rows", ()
+        record.msg, record.args = f"{self.prefix}: {progress_text(done, self.images)}", ()
         return True
 
 
-def show_progress(prefix: str | None) -> None:
-    """Plain progress lines (every 10 s, when stdout is not a terminal) start with ``prefix``;
-    None turns them off."""
-    _ProgressLines.prefix = prefix
+def progress_text(done: str, images: int) -> str:
+    """Ray Data's ``"3/22 ..."`` (blocks done of all) as images: ``"~409/3000 images (3/22 units)"``."""
+    try:
+        finished, total = (int(x) for x in done.split()[0].split("/"))
+    except ValueError:
+        return done
+    if not images or total <= 0:
+        return f"{finished}/{total} units"
+    share = images if finished >= total else round(images * finished / total)
+    return f"{'' if finished >= total else '~'}{share}/{images} images ({finished}/{total} units)"
+
+
+def show_progress(prefix: str | None, images: int = 0) -> None:
+    """Plain progress lines (every 10 s, when stdout is not a terminal) start with ``prefix`` and count
+    ``images``; None turns them off."""
+    _ProgressLines.prefix, _ProgressLines.images = prefix, images
 
 
 def quiet_ray_output(verbose: bool) -> None:

@@ -305,7 +305,7 @@ def run_pipeline(files: list[dict], model_id: str, cfg: RestoreConfig, out_uri: 
     opts = ds.context.execution_options
     opts.resource_limits = opts.resource_limits.copy(object_store_memory=max(64 * 2**20, 4 * file_bytes))
     fs, path = resolve(out_uri, cfg.storage)
-    show_progress("raeae restore: progress")
+    show_progress("raeae restore: progress", len(files))
     try:
         ds.write_parquet(path, filesystem=fs, min_bytes_per_file=file_bytes,
                          ray_remote_args={"num_cpus": plan.task_cpus})

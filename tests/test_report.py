@@ -149,3 +149,12 @@ def test_a_restore_and_two_nights_report_themselves_and_chromium_shows_them(ray_
     screenshot("report-nightly-index", index.screenshot)
     assert index.console_errors == [] and index.requests == []
     assert json.loads(index.facts)["nights"] == ["night1", "night2"]
+
+
+def test_progress_counts_images_not_ray_datas_blocks():
+    from raeae.cluster import progress_text
+
+    assert progress_text("1/3 [00:05<00:10]", 24) == "~8/24 images (1/3 units)"
+    assert progress_text("3/3", 24) == "24/24 images (3/3 units)"
+    assert progress_text("5/22", 0) == "5/22 units"
+    assert progress_text("garbage", 10) == "garbage"
