@@ -127,12 +127,13 @@ def detect(image: np.ndarray, stated_jpeg_scale: float | None = None) -> Damage:
     """The damage ``image`` (uint8 or uint16, H×W or H×W×C) shows: impulses first (they would hide the
     rest), then JPEG (the file's own tables when it states them, else a decoded copy's blocks), else
     noise. ``stated_jpeg_scale`` is what the file's tables say (:func:`raeae.jpeg.stated_scale`)."""
+    from raeae.bands import sample
     from raeae.corrupt import noise_level
     from raeae.images import split_alpha
     from raeae.inference import to_tensor
     from raeae.jpeg import estimate_jpeg
 
-    colour, _ = split_alpha(image)
+    colour = sample(split_alpha(image)[0])  # a large scan is judged on a central crop (bounded memory)
     if not _judgeable(colour):
         return Damage(Kind.UNKNOWN)
     x = to_tensor(colour)
@@ -159,7 +160,9 @@ def requested(image: np.ndarray, request: DamageRequest, stated_jpeg_scale: floa
         return detect(image, stated_jpeg_scale)
     if request.kind is not Kind.JPEG:
         return Damage(request.kind, Source.FLAG, sigma=request.sigma)
-    colour = image if image.ndim == 2 else image[..., :3]
+    from raeae.bands import sample
+
+    colour = sample(image if image.ndim == 2 else image[..., :3])
     found = estimate_jpeg(colour) if colour.dtype == np.uint8 else None
     offset = found.offset if found is not None and found.scale > 0 else (0, 0)
     scale = (ijg_scale(request.quality) if request.quality is not None else stated_jpeg_scale

@@ -131,5 +131,6 @@ def demo(cfg: DemoConfig, verbose: bool = False) -> dict:
     print("== 4/4 evaluate against classical denoisers on the same held-out photographs")
     ev = evaluate(EvaluateConfig(model=model_dir, data=clean_test, noise=noise, seed=cfg.seed,
                                  output=os.path.join(work, "evaluate")))
-    print(f"\nParquet: {restored}  summary: {restored}/_summary.json  grid: {ev['grid']}  model: {model_dir}")
+    print(f"\nParquet: {restored}  summary: {restored}/_summary.json  report: {restored}/_report.html  "
+          f"grid: {ev['grid']}  model: {model_dir}")
     return {"train": result, "restore": summary, "gains": gains, "evaluate": ev}

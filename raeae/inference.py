@@ -15,6 +15,7 @@ import torch
 
 import torch.nn.functional as F
 
+from raeae.bands import is_large, restore_large, sample
 from raeae.corrupt import noise_level
 from raeae.images import join_alpha, split_alpha
 from raeae.jpeg import BLOCK, PHASE_STEP, JpegFinding, context
@@ -129,7 +130,7 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
                    on_forward: Callable[[float], None] | None = None,
                    noise_level: float | None = None,
                    on_sigma: Callable[[list[float | None]], None] | None = None,
-                   jpeg: list[JpegFinding | None] | None = None) -> list[np.ndarray]:
+                   jpeg: list[JpegFinding | None] | None = None, bands: bool = True) -> list[np.ndarray]:
     """Restore many uint8 (or uint16) images (each H×W or H×W×1..4, any size); returns each restored,
     same shape and type.
 
@@ -145,7 +146,14 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
     the σ each image was told, in order (None for a model that takes none). A model that takes the JPEG
     damage (``jpeg_input``) is told each image's ``jpeg`` finding (None or scale 0: none), tile by tile
     on the block grid (:func:`_jpeg_layout`); the ensemble's flips would move the grid, so such
-    images are restored once."""
+    images are restored once. Images over :data:`raeae.bands.BAND_PIXELS` are restored band by band
+    (``bands``; :mod:`raeae.bands`), so memory follows the band, not the image."""
+    findings = jpeg or [None] * len(images)
+    if bands and any(is_large(image) for image in images):
+        kwargs = dict(batch_size=batch_size, device=device, blend=blend, ensemble=ensemble, pack_tiles=pack_tiles,
+                      precision=precision, on_forward=on_forward)
+        return _restore_with_large(model, images, stride or default_stride(model.config.patch_size), findings,
+                                   noise_level, on_sigma, kwargs)
     cfg = model.config
     # batch_size counts the network's rows (the unit of --tile-batch, what sizes the activations); an
     # opponent-colour model runs each tile as three, so a pass holds a third as many of its tiles
@@ -154,7 +162,6 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
     device = torch.device(device) if device is not None else next(model.parameters()).device
     window = blend.window(cfg.patch_size)
     autocast = precision.autocast(device)
-    findings = jpeg or [None] * len(images)
 
     def fn(flat: torch.Tensor, level: torch.Tensor | float | None, ctx: torch.Tensor | None = None) -> torch.Tensor:
         t0 = time.perf_counter()
@@ -217,6 +224,32 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
             flush()
         pack.append((i, batch, grid))
     flush()
+    return results
+
+
+def _restore_with_large(model: DenseAutoencoder, images: list[np.ndarray], stride: int,
+                        findings: list[JpegFinding | None], noise_level: float | None,
+                        on_sigma: Callable[[list[float | None]], None] | None, kwargs: dict) -> list[np.ndarray]:
+    """:func:`restore_arrays` for a list holding large images: the others together as usual, each
+    large one band by band, told the σ estimated on a sample of it; σs reported in order."""
+    large = [i for i, image in enumerate(images) if is_large(image)]
+    small = [i for i in range(len(images)) if i not in set(large)]
+    results: list[np.ndarray | None] = [None] * len(images)
+    sigmas: list[float | None] = [None] * len(images)
+    told: list[float | None] = []
+    restored = restore_arrays(model, [images[i] for i in small], stride, jpeg=[findings[i] for i in small],
+                              noise_level=noise_level, on_sigma=told.extend, bands=False, **kwargs) if small else []
+    for i, out, sigma in zip(small, restored, told):
+        results[i], sigmas[i] = out, sigma
+
+    def one(m: DenseAutoencoder, band: np.ndarray, level: float | None, finding: JpegFinding | None) -> np.ndarray:
+        return restore_arrays(m, [band], stride, noise_level=level, jpeg=[finding], bands=False, **kwargs)[0]
+
+    for i in large:
+        sigmas[i] = _sigma(model, _as_batch(model, sample(images[i]), torch.device("cpu"))[0], noise_level)
+        results[i] = restore_large(one, model, images[i], stride, sigmas[i], findings[i])
+    if on_sigma is not None:
+        on_sigma(sigmas)
     return results
 
 

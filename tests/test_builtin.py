@@ -14,7 +14,7 @@ from PIL import Image
 
 import raeae
 from raeae import checkpoint as ckpt
-from raeae.corrupt import NoiseConfig
+from raeae.corrupt import Noise, NoiseConfig
 from raeae.evaluate import make_noisy
 from raeae.metrics import psnr
 from tests.conftest import ROOT, photo
@@ -52,7 +52,10 @@ def test_each_bundled_model_comes_from_a_command_of_the_release_script_that_stil
     assert len(commands) >= 4 and all(c.startswith(".venv/bin/raeae train ") for c in commands), r.stdout
     for command in commands:
         _, cfg = train_config_from_args(build_parser(only="train").parse_args(shlex.split(command)[1:]))
-        assert (cfg.noise.sigma, cfg.noise.sigma_max) == (0, 55)  # every bundled model is blind over σ 0-55
+        if cfg.noise.noise is Noise.JPEG:  # the JPEG model: told the damage, noise of σ 5-30 before compression
+            assert cfg.model.jpeg_input and cfg.model.noise_input and (cfg.noise.quality, cfg.noise.quality_max) == (10, 95)
+        else:  # every noise model is blind over σ 0-55
+            assert (cfg.noise.sigma, cfg.noise.sigma_max) == (0, 55)
     for name in NAMES:
         assert ckpt.load_state(f"builtin:{name}")[0]["provenance"]["command"] in commands
 

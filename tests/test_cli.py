@@ -14,7 +14,8 @@ COMMANDS = list(build_parser()._subparsers._group_actions[0].choices)
 
 
 def test_the_commands_are_the_documented_ones():
-    assert COMMANDS == ["train", "restore", "nightly", "archive", "export", "evaluate", "demo", "samples", "info"]
+    assert COMMANDS == ["train", "restore", "nightly", "archive", "export", "evaluate", "demo", "samples", "info",
+                        "report"]
 
 
 def test_version(capsys):
