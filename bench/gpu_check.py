@@ -7,7 +7,7 @@ do, with nothing but PyTorch (the device machine has torch, not Ray or pyarrow).
   bfloat16 (``--precision``; what ``raeae restore --gpu`` runs by default), with the shipped
   ``--tile-batch`` and with ``--tiles`` rows per pass; MP/s of restored pixels;
 * forward only: tiles/s of the bare model on big tile batches, and its TFLOP/s;
-* train: samples/s of ``raeae.train.EpochTrainer.run_epoch`` (what a Ray Train worker runs) with the
+* train: samples/s of ``raeae.train_loop.EpochTrainer.run_epoch`` (what a Ray Train worker runs) with the
   photograph recipe as shipped (``TrainConfig()``: σ=25, flips, MSE, Adam, cosine learning rate,
   ``--precision auto``), as ``raeae train`` reports it per epoch;
 * the bound: the TFLOP/s of plain matrix multiplies of the model's largest layer shape on this device,
@@ -32,7 +32,8 @@ from raeae import checkpoint as ckpt
 from raeae.inference import PACK_TILES, restore_arrays
 from raeae.model import build_model
 from raeae.settings import TILE_BATCH, Precision
-from raeae.train import Clock, EpochTrainer, TrainConfig, make_sampler
+from raeae.train_config import TrainConfig
+from raeae.train_loop import Clock, EpochTrainer, make_sampler
 
 
 def sync(device: torch.device) -> None:
@@ -69,7 +70,7 @@ def matmul_bound(device: torch.device, bf16: bool, rows: int, k: int, n: int, se
 
 def train_samples_per_s(cfg: TrainConfig, device: torch.device, seconds: float) -> float:
     """Samples/s of the training worker's epochs (``EpochTrainer.run_epoch``, after one warm-up epoch),
-    set up as ``raeae.train.train_loop_per_worker`` sets up one worker, on random 128×128 images."""
+    set up as ``raeae.train_loop.train_loop_per_worker`` sets up one worker, on random 128×128 images."""
     gen = torch.Generator().manual_seed(cfg.seed)
     images = [torch.randint(0, 256, (cfg.model.channels, 128, 128), dtype=torch.uint8, generator=gen)
               for _ in range(16)]

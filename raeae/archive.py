@@ -20,7 +20,8 @@ from raeae.model import photo_config
 from raeae.nightly import NightlyConfig, new_run_id, nightly
 from raeae.restore import RestoreConfig
 from raeae.storage import StorageConfig, StorageError, explain, list_images, resolve
-from raeae.train import Preset, Scheme, budget_checks, budget_text, train
+from raeae.train import train
+from raeae.train_config import Preset, Scheme, budget_checks, budget_text
 
 
 @dataclass(frozen=True)

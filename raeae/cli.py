@@ -29,7 +29,7 @@ def train_config_from_args(args: argparse.Namespace):
     (``--sigma-max``) tells the network the noise level unless ``--no-noise-input`` says not to."""
     from raeae.corrupt import Noise
     from raeae.storage import StorageConfig
-    from raeae.train import Preset, TrainConfig, detect_preset
+    from raeae.train_config import Preset, TrainConfig, detect_preset
 
     preset = Preset(args.preset)
     if preset is Preset.AUTO and args.self_supervised:
@@ -135,7 +135,7 @@ def _config_classes() -> dict:
     """Each command's config class, imported on demand: train, evaluate and demo import torch (~1.5 s),
     which restore and nightly leave to their model actors."""
     def train():
-        from raeae.train import TrainConfig
+        from raeae.train_config import TrainConfig
         return TrainConfig
 
     def restore():
@@ -211,7 +211,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--verbose", action="store_true",
                        help="show Ray's own log lines and every worker's output [default: off, quiet]")
         if name == "train":
-            from raeae.train import Preset
+            from raeae.train_config import Preset
 
             p.add_argument("--preset", choices=[e.value for e in Preset], default=Preset.AUTO.value,
                            help="recipe the unset flags come from: photo (13x13 residual net, cosine lr "

@@ -20,7 +20,8 @@ from raeae.evaluate import EvaluateConfig, evaluate, make_noisy
 from raeae.images import decode
 from raeae.metrics import psnr
 from raeae.restore import RestoreConfig, restore
-from raeae.train import TrainConfig, train
+from raeae.train import train
+from raeae.train_config import TrainConfig
 
 
 @dataclass(frozen=True)

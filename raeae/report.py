@@ -19,7 +19,6 @@ A report is written after its run has committed; one that fails is a line on std
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import posixpath

@@ -101,18 +101,25 @@ def latest_run(fs: pafs.FileSystem, root: str) -> str | None:
     return max(started)[1] if started else None
 
 
-def differences(stored: dict, current: dict) -> list[str]:
-    """``field: stored -> current`` for every setting that differs, runtime ones aside."""
+def differences(stored: dict, current: dict, defaults: dict | None = None, prefix: str = "") -> list[str]:
+    """``field: stored -> current`` for every setting that differs, runtime ones aside. A setting that
+    raeae added after the run started is missing from its record: it counts as its default there
+    (``defaults``), so a run resumes under a newer raeae as long as the new setting is left as it was."""
+    defaults = defaults or {}
     out = []
     for key in sorted(set(stored) | set(current)):
-        if key in RUNTIME_FIELDS or stored.get(key) == current.get(key):
+        if key in RUNTIME_FIELDS:
             continue
-        out.append(f"{key}: {stored.get(key)!r} -> {current.get(key)!r}")
+        old, new = stored.get(key, defaults.get(key)), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += differences(old, new, defaults.get(key) or {}, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key}: {old!r} -> {new!r}")
     return out
 
 
 def choose_run(run_name: str, resume: bool, storage_path: str, storage: StorageConfig,
-               config: dict) -> RunState:
+               config: dict, defaults: dict | None = None) -> RunState:
     """A new run, or the named/latest run to resume after checking that its settings match."""
     fs, root = _root(storage_path, storage)
     if not run_name and not resume:
@@ -127,7 +134,7 @@ def choose_run(run_name: str, resume: bool, storage_path: str, storage: StorageC
             raise ValueError(f"--resume: no run named {name} under {storage_path}")
         return RunState(name, resumed=False, latest=None)  # a new run with the name the user chose
     stored = record["config"] if record else latest.get("train_config", {})
-    diffs = differences(stored, config)
+    diffs = differences(stored, config, defaults)
     if diffs:
         raise ValueError(f"run {name} was started with other settings ({'; '.join(diffs)}); "
                          f"resume it with the same flags, or start a new run without --resume/--run-name")

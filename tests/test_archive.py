@@ -69,7 +69,8 @@ def test_noise_estimate_of_a_flat_image_is_zero():
 
 
 def test_recorrupt_uses_the_given_sigma_or_estimates_it_from_the_images():
-    from raeae.train import Scheme, TrainConfig, resolve_self_supervision
+    from raeae.losses import resolve_self_supervision
+    from raeae.train_config import Scheme, TrainConfig
 
     images = [torch.from_numpy(make_noisy(photo()[:128, :128], NoiseConfig(sigma=20), i)).unsqueeze(0)
               for i in range(3)]
@@ -89,7 +90,8 @@ def test_recorrupt_uses_the_given_sigma_or_estimates_it_from_the_images():
     (NoiseConfig(noise=Noise.SALT_PEPPER, amount=0.01), "blind-spot"),
     (NoiseConfig(noise=Noise.SALT_PEPPER, amount=0.2), "blind-spot")])
 def test_auto_scheme_recorrupts_gaussian_noise_and_masks_impulses(noise, scheme):
-    from raeae.train import TrainConfig, resolve_self_supervision
+    from raeae.losses import resolve_self_supervision
+    from raeae.train_config import TrainConfig
 
     crops = [photo(name)[:96, :96] for name in ("camera.png", "coins.png", "moon.png")]
     images = [torch.from_numpy(make_noisy(c, noise, i)).unsqueeze(0) for i, c in enumerate(crops)]
@@ -110,7 +112,8 @@ def test_each_scheme_trains_a_tiny_model_towards_the_clean_patches():
     """800 steps on noisy patches of one photograph: the model's error to the unknown clean
     patches falls under the noisy input's, with either scheme."""
     from raeae.model import build_model, photo_config
-    from raeae.train import Scheme, TrainConfig, self_supervised_loss
+    from raeae.losses import self_supervised_loss
+    from raeae.train_config import Scheme, TrainConfig
 
     clean_img = torch.from_numpy(photo()[:128, :128].astype(np.float32) / 255)
     clean = clean_img.unfold(0, 7, 3).unfold(1, 7, 3).reshape(-1, 1, 7, 7)

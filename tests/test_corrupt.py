@@ -68,7 +68,7 @@ def test_invalid_noise_configs_are_refused(kwargs):
 # --- blind training: per-patch weights by noise level (--sigma-balance) ------------------------------
 
 def test_sigma_weights_follow_each_patch_noise_level_with_mean_one():
-    from raeae.train import sigma_weights
+    from raeae.losses import sigma_weights
 
     clean = torch.full((3000, 169), 0.5)
     sigmas = torch.tensor([10.0, 40.0, 0.0]).repeat(1000)
@@ -83,15 +83,16 @@ def test_sigma_weights_follow_each_patch_noise_level_with_mean_one():
 
 def test_weighted_loss_with_equal_weights_is_the_plain_mse():
     from raeae.model import build_model, seed_config
-    from raeae.train import Loss, _loss
+    from raeae.losses import loss_of
+    from raeae.train_config import Loss
 
     model = build_model(seed_config(patch_size=4))
     noisy, clean = torch.rand(8, 16), torch.rand(8, 16)
-    torch.testing.assert_close(_loss(model, noisy, clean, Loss.MSE, torch.ones(8)), _loss(model, noisy, clean, Loss.MSE))
+    torch.testing.assert_close(loss_of(model, noisy, clean, Loss.MSE, torch.ones(8)), loss_of(model, noisy, clean, Loss.MSE))
 
 
 def test_sigma_balance_needs_a_blind_gaussian_range():
-    from raeae.train import TrainConfig
+    from raeae.train_config import TrainConfig
 
     TrainConfig(noise=NoiseConfig(sigma=0, sigma_max=55), sigma_balance=1.0)
     with pytest.raises(ValueError, match="needs --sigma-max"):

@@ -13,7 +13,8 @@ from raeae.corrupt import NoiseConfig
 from raeae.images import decode
 from raeae.model import ModelConfig
 from raeae.nightly import NightlyConfig, nightly, read_restored
-from raeae.train import TrainConfig, train
+from raeae.train import train
+from raeae.train_config import TrainConfig
 from tests.catalogue import write_catalogue
 from tests.test_data import write_mnist
 
@@ -25,8 +26,14 @@ def _kill_a_train_worker_after_first_checkpoint(run_dir, killed: list, stop: thr
         # The controller writes this snapshot once it has registered a reported checkpoint.
         if (run_dir / "checkpoint_manager_snapshot.json").exists():
             time.sleep(0.3)  # now mid-epoch 2
-            for p in psutil.process_iter(["cmdline"]):
-                if any("RayTrainWorker" in c for c in (p.info["cmdline"] or [])):
+            # only this test's own Ray's workers (the pytest process started that Ray): never a training
+            # run of someone else's on the same machine (one such kill cost a release run its worker)
+            for p in psutil.Process().children(recursive=True):
+                try:
+                    cmdline = p.cmdline()
+                except psutil.Error:
+                    continue
+                if any("RayTrainWorker" in c for c in cmdline):
                     p.kill()  # SIGKILL, mid-epoch 2
                     killed.append(p.pid)
                     return

@@ -14,7 +14,8 @@ from raeae.damaged_patches import DamagedPatchSampler
 from raeae.inference import pick_model, restore_array, restore_arrays
 from raeae.jpeg import JPEG_INPUTS, JpegFinding, compress, context, ijg_scale
 from raeae.model import ModelConfig, build_model, describe_network
-from raeae.train import TrainConfig, init_weights
+from raeae.train import init_weights
+from raeae.train_config import TrainConfig
 
 from conftest import photo
 
@@ -104,7 +105,7 @@ def test_packed_jpeg_restores_equal_one_image_at_a_time_and_pick_the_jpeg_model(
 def test_a_short_jpeg_fine_tune_learns_to_undo_jpeg(quality):
     """Not the release: a few hundred steps from the bundled colour model on one photograph must
     already improve on the JPEG it was given (the inputs start at zero, the loss goes down)."""
-    from raeae.train import EpochTrainer, Clock
+    from raeae.train_loop import EpochTrainer, Clock
 
     cfg = TrainConfig(data="x", output="y", init="builtin:color", batch_size=64, lr=2e-4, epochs=1,
                       noise=NoiseConfig(noise=Noise.JPEG, quality=quality, quality_max=quality, noise_share=0.0),

@@ -10,7 +10,7 @@ from raeae import checkpoint as ckpt
 from raeae.model import ModelConfig, build_model
 from raeae.runs import choose_run, differences, new_run_name, write_record
 from raeae.storage import StorageConfig
-from raeae.train import TrainConfig
+from raeae.train_config import TrainConfig
 
 S = StorageConfig()
 
@@ -85,3 +85,12 @@ def test_train_sets_rays_health_check_only_while_it_runs_and_never_over_the_user
     with env_default(HEALTH_CHECK_ENV, HEALTH_CHECK_S):
         assert os.environ[HEALTH_CHECK_ENV] == "3"
     assert os.environ[HEALTH_CHECK_ENV] == "3"
+
+
+def test_a_setting_added_since_a_run_started_counts_as_its_default():
+    stored = {"noise": {"noise": "jpeg", "sigma": 5.0}, "epochs": 0}
+    defaults = {"noise": {"peak": 30.0, "peak_max": 0.0}, "new_flag": False}
+    assert differences(stored, {"noise": {"noise": "jpeg", "sigma": 5.0, "peak": 30.0, "peak_max": 0.0}, "epochs": 0,
+                                "new_flag": False}, defaults) == []
+    assert differences(stored, {"noise": {"noise": "jpeg", "sigma": 5.0, "peak": 10.0, "peak_max": 0.0}, "epochs": 0,
+                                "new_flag": True}, defaults) == ["new_flag: False -> True", "noise.peak: 30.0 -> 10.0"]
