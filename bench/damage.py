@@ -26,11 +26,11 @@ import numpy as np
 from _report import print_table, write_json
 from PIL import Image
 
+import raeae
 from raeae import read_restored
 from raeae.data import load_images
 from raeae.images import decode
 from raeae.metrics import psnr, ssim
-from raeae.restore import RestoreConfig, restore
 
 
 def _gaussian(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
     index = write_archive(sets, archive)
     shutil.rmtree(restored, ignore_errors=True)
     t0 = time.perf_counter()
-    restore(RestoreConfig(input=archive, output=restored))  # the library call `raeae restore` makes, no flags
+    raeae.restore(input=archive, output=restored)  # what `raeae restore --input A --output O` runs, no flags
     seconds = time.perf_counter() - t0
     rows = {os.path.basename(r["path"]): r for r in read_restored(restored).to_pylist()}
     results = score(index, sets, archive, rows, a.bm3d_images)

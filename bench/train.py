@@ -27,7 +27,7 @@ from _report import print_table, write_json
 from raeae.corrupt import NoiseConfig
 from raeae.data import arrays_from_rows, load_source
 from raeae.model import build_model
-from raeae.train import train
+from raeae.training import train
 from raeae.train_config import Preset, TrainConfig
 from raeae.train_loop import Clock, EpochTrainer, make_sampler
 

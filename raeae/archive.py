@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from raeae.data import read_image
 from raeae.lock import OutputLock
 from raeae.model import photo_config
-from raeae.nightly import NightlyConfig, new_run_id, nightly
-from raeae.restore import RestoreConfig
+from raeae.incremental import NightlyConfig, new_run_id, nightly
+from raeae.restoring import RestoreConfig
 from raeae.storage import StorageConfig, StorageError, explain, list_images, resolve
-from raeae.train import train
+from raeae.training import train
 from raeae.train_config import Preset, Scheme, budget_checks, budget_text
 
 

@@ -10,11 +10,10 @@ import argparse
 import gc
 import os
 import sys
-from dataclasses import replace
 
 from raeae import __version__
 from raeae.checkpoint import CheckpointError
-from raeae.cliutil import add_config_flags, config_from_args, given
+from raeae.cliutil import add_config_flags, config_from_args
 from raeae.cluster import RayConnectionError, disconnect
 from raeae.storage import StorageError
 
@@ -23,37 +22,16 @@ USER_ERRORS = (ValueError, StorageError, CheckpointError, FileNotFoundError, Per
 
 
 def train_config_from_args(args: argparse.Namespace):
-    """The training config a command line asks for: the preset's recipe (auto: digits for IDX data,
-    photo otherwise) with every flag the user gave on top. ``--max-minutes`` without ``--epochs``
-    trains until the budget is spent, whatever the preset's epoch count; blind Gaussian training
-    (``--sigma-max``) tells the network the noise level unless ``--no-noise-input`` says not to."""
-    from raeae.corrupt import Noise
-    from raeae.storage import StorageConfig
-    from raeae.train_config import Preset, TrainConfig, detect_preset
+    """The training config a command line asks for: the flags given, resolved by the library's one
+    recipe (:func:`raeae.train_config.resolve`), as ``raeae.train(**settings)`` resolves them."""
+    from raeae.train_config import resolve
 
-    preset = Preset(args.preset)
-    if preset is Preset.AUTO and args.self_supervised:
-        preset = Preset.ARCHIVE
-    elif preset is Preset.AUTO:
-        storage = config_from_args(StorageConfig, args)
-        preset = detect_preset(args.data or "", storage)
-    base = preset.config()
-    if given(args, "max_minutes") and not given(args, "epochs"):
-        args.epochs = 0
-    cfg = config_from_args(TrainConfig, args, base=base)
-    if not given(args, "noise_input") and cfg.noise.blind and cfg.knows_noise_level:
-        # Blind Gaussian training tells the network each patch's σ unless asked not to. Measured, 10 min
-        # on Train400, σ 0-55, BSD68 σ 15/25/50 with σ estimated per image: 30.45/28.10/25.17 dB,
-        # against 30.14/27.87/24.86 without (σ-specific models: 30.66/28.20/25.21).
-        cfg = replace(cfg, model=replace(cfg.model, noise_input=True))
-    if not given(args, "jpeg_input") and cfg.noise.noise is Noise.JPEG and not cfg.self_supervised:
-        # JPEG training tells the network each tile's JPEG strength and grid phase (ModelConfig.jpeg_input)
-        cfg = replace(cfg, model=replace(cfg.model, jpeg_input=True))
-    return preset, cfg
+    settings = {k: v for k, v in vars(args).items() if k not in ("preset", "verbose", "func", "command")}
+    return resolve(args.preset, **settings)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from raeae.train import train
+    from raeae.training import train
 
     preset, cfg = train_config_from_args(args)
     print(f"raeae train: preset {preset.value}")
@@ -69,14 +47,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from raeae.restore import RestoreConfig, restore
+    from raeae.restoring import RestoreConfig, restore
 
     summary = restore(config_from_args(RestoreConfig, args), verbose=args.verbose)
     return 0 if summary["rows"] == summary["files"] else 1
 
 
 def _nightly(args: argparse.Namespace) -> int:
-    from raeae.nightly import NightlyConfig, nightly
+    from raeae.incremental import NightlyConfig, nightly
 
     nightly(config_from_args(NightlyConfig, args), verbose=args.verbose)
     return 0
@@ -139,11 +117,11 @@ def _config_classes() -> dict:
         return TrainConfig
 
     def restore():
-        from raeae.restore import RestoreConfig
+        from raeae.restoring import RestoreConfig
         return RestoreConfig
 
     def nightly():
-        from raeae.nightly import NightlyConfig
+        from raeae.incremental import NightlyConfig
         return NightlyConfig
 
     def archive():

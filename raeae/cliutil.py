@@ -68,6 +68,14 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
 def config_from_args(cls: type, args: argparse.Namespace, base=None, **fixed):
     """Build ``cls`` from parsed flags: flags left unset keep ``base``'s values (a preset's recipe),
     or the field defaults when there is no base."""
+    return config_from_values(cls, {k: v for k, v in vars(args).items() if v is not None}, base, **fixed)
+
+
+def config_from_values(cls: type, values: dict, base=None, **fixed):
+    """Build ``cls`` from settings by field name, nested configs' fields included (``patch_size`` sets
+    ``model.patch_size``), as flags name them: settings not given keep ``base``'s values, or the field
+    defaults. Enum fields take their value (``"jpeg"``) or the member. The CLI and the library build
+    configs with this one function, so the same request gives the same config."""
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -75,15 +83,36 @@ def config_from_args(cls: type, args: argparse.Namespace, base=None, **fixed):
         if f.name in fixed:
             kwargs[f.name] = fixed[f.name]
         elif _is_config(tp):
-            kwargs[f.name] = config_from_args(tp, args, getattr(base, f.name, None), **fixed)
-        else:
-            value = getattr(args, f.name, None)
-            if value is None:
-                if base is not None:
-                    kwargs[f.name] = getattr(base, f.name)
-                continue
+            if isinstance(values.get(f.name), tp):  # a whole nested config given as one
+                kwargs[f.name] = values[f.name]
+            else:
+                kwargs[f.name] = config_from_values(tp, values, getattr(base, f.name, None), **fixed)
+        elif values.get(f.name) is not None:
+            value = values[f.name]
             kwargs[f.name] = tp(value) if isinstance(tp, type) and issubclass(tp, enum.Enum) else value
+        elif base is not None:
+            kwargs[f.name] = getattr(base, f.name)
     return cls(**kwargs)
+
+
+def config_from_settings(cls: type, settings: dict, base=None):
+    """``config_from_values`` for the library's keyword arguments: a name that is no setting of ``cls``
+    fails with one line (a typo must not be silently ignored)."""
+    unknown = {k for k, v in settings.items() if v is not None} - field_names(cls)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} setting(s): {', '.join(sorted(unknown))}")
+    return config_from_values(cls, settings, base)
+
+
+def field_names(cls: type) -> set[str]:
+    """Every setting ``config_from_values`` takes for ``cls``: its fields and its nested configs' fields."""
+    hints = typing.get_type_hints(cls)
+    names = set()
+    for f in dataclasses.fields(cls):
+        names.add(f.name)
+        if _is_config(hints[f.name]):
+            names |= field_names(hints[f.name])
+    return names
 
 
 def given(args: argparse.Namespace, name: str) -> bool:

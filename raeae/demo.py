@@ -19,8 +19,8 @@ from raeae.data import SAMPLE_HELD_OUT, SAMPLE_TRAIN, copy_samples
 from raeae.evaluate import EvaluateConfig, evaluate, make_noisy
 from raeae.images import decode
 from raeae.metrics import psnr
-from raeae.restore import RestoreConfig, restore
-from raeae.train import train
+from raeae.restoring import RestoreConfig, restore
+from raeae.training import train
 from raeae.train_config import TrainConfig
 
 
@@ -87,7 +87,7 @@ def _make_archive(clean_dir: str, archive: str, noise: NoiseConfig, seed: int, b
 
 def demo(cfg: DemoConfig, verbose: bool = False) -> dict:
     from raeae.cluster import connect
-    from raeae.nightly import read_restored
+    from raeae.incremental import read_restored
 
     work = os.path.abspath(cfg.workdir)
     shutil.rmtree(work, ignore_errors=True)

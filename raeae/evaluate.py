@@ -187,7 +187,7 @@ def evaluate_restored(cfg: EvaluateConfig, printer: Callable[[str], None] = prin
 
     from raeae.data import read_image
     from raeae.images import decode
-    from raeae.nightly import read_restored
+    from raeae.incremental import read_restored
     from raeae.storage import resolve
 
     if not cfg.data:

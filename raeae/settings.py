@@ -22,7 +22,7 @@ def default_stride(patch: int) -> int:
 
 
 # Rows of the network per forward pass: the default of restore's --tile-batch (why 4096: its help in
-# raeae.restore.RestoreConfig) and of the torch code's batch_size, kept here so both name one number.
+# raeae.restoring.RestoreConfig) and of the torch code's batch_size, kept here so both name one number.
 TILE_BATCH = 4096
 
 
@@ -87,7 +87,7 @@ class Precision(enum.Enum):
 class Layout(enum.Enum):
     """Where the restore pipeline's three stages (decode, model, encode) run."""
 
-    # fused on CPU-only clusters, staged with --gpu (measured: see raeae.restore.plan_stages)
+    # fused on CPU-only clusters, staged with --gpu (measured: see raeae.restoring.plan_stages)
     AUTO = "auto"
     # decode and encode in CPU tasks, the model in actors: a GPU never waits for the CPU work
     STAGED = "staged"

@@ -11,7 +11,7 @@ failed straight through, so each input file still becomes exactly one output row
 
 On CPU-only clusters :class:`FusedStage` runs the three functions one after the other in each model
 actor's call (``Layout.FUSED``); with GPUs they are separate stages (``Layout.STAGED``), so that the
-GPU never waits for decoding or encoding. Why, measured: :func:`raeae.restore.plan_stages`.
+GPU never waits for decoding or encoding. Why, measured: :func:`raeae.restoring.plan_stages`.
 
 Stitching stays on the actor: the tile outputs of an image are about (13/6)² ≈ 4.7 floats per pixel
 value, ~19× the decoded image's bytes, and moving them through the object store to a CPU task would

@@ -1,6 +1,6 @@
 """What a training run is asked to do: its config (one frozen dataclass, nested model and noise configs that
 checkpoints store), the recipes (presets) of defaults for kinds of data, and the one function that turns
-a request (the flags a user gave, or the keyword arguments of ``raeae.train``) into a ``TrainConfig``:
+a request (the flags a user gave, or the keyword arguments of ``raeae.training``) into a ``TrainConfig``:
 the CLI and the library resolve a request the same way.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from raeae.corrupt import Noise, NoiseConfig
 from raeae.data import find_idx
@@ -238,3 +238,33 @@ def detect_preset(data: str, storage: StorageConfig = StorageConfig()) -> Preset
     except StorageError:
         is_idx = False  # unreadable data: the config is checked first, then loading says what is wrong
     return Preset.DIGITS if is_idx else Preset.PHOTO
+
+
+def resolve(preset: Preset | str = Preset.AUTO, **given) -> tuple[Preset, TrainConfig]:
+    """The training config a request asks for, for the CLI (``raeae train`` with its flags) and the
+    library (``raeae.train(data=..., ...)``) alike: ``given`` are settings by name (``data``,
+    ``max_minutes``, ``patch_size``, ``sigma_max``, ... as the flags name them; None = not given).
+
+    * The preset's recipe (auto: archive with ``self_supervised``, digits for MNIST IDX data, photo
+      otherwise) gives every setting not given.
+    * ``max_minutes`` without ``epochs`` trains until the budget is spent, whatever the preset's epoch count.
+    * Blind Gaussian training (``sigma_max`` above ``sigma``), and shot-noise and JPEG training, tell the
+      network the noise level unless ``noise_input=False`` says not to (why: bench/RESULTS.md, "Told the
+      noise level"); JPEG training tells it the JPEG damage unless ``jpeg_input=False``."""
+    from raeae.cliutil import config_from_settings, config_from_values
+
+    config_from_settings(TrainConfig, given)  # an unknown name fails here, with one line
+    given = {k: v for k, v in given.items() if v is not None}
+    preset = Preset(preset)
+    if preset is Preset.AUTO:
+        storage = config_from_values(StorageConfig, given)
+        preset = Preset.ARCHIVE if given.get("self_supervised") else detect_preset(given.get("data", ""), storage)
+    if "max_minutes" in given and "epochs" not in given:
+        given["epochs"] = 0
+    cfg = config_from_values(TrainConfig, given, base=preset.config())
+    model = cfg.model
+    if "noise_input" not in given and cfg.knows_noise_level and (cfg.noise.blind or cfg.noise.noise is not Noise.GAUSSIAN):
+        model = replace(model, noise_input=True)
+    if "jpeg_input" not in given and cfg.noise.noise is Noise.JPEG and not cfg.self_supervised:
+        model = replace(model, jpeg_input=True)
+    return preset, replace(cfg, model=model)

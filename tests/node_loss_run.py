@@ -13,7 +13,7 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from raeae.restore import RestoreConfig, restore
+from raeae.restoring import RestoreConfig, restore
 from raeae.settings import Layout
 
 

@@ -93,7 +93,7 @@ def test_auto_is_not_one_model():
 
 @pytest.mark.slow
 def test_restore_without_model_sends_each_image_to_its_bundled_model(ray_session, tmp_path):
-    from raeae.restore import RestoreConfig, restore
+    from raeae.restoring import RestoreConfig, restore
 
     src = tmp_path / "mixed"
     src.mkdir()

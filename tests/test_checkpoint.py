@@ -110,7 +110,7 @@ def test_restore_and_nightly_drivers_do_not_import_torch():
     import sys
 
     code = ("import sys; from raeae.cli import build_parser; from raeae import checkpoint as ckpt\n"
-            "build_parser('restore'); build_parser('nightly'); import raeae.restore, raeae.nightly\n"
+            "build_parser('restore'); build_parser('nightly'); import raeae.restoring, raeae.incremental\n"
             "[ckpt.read_header(b) for b in ckpt.read_models(ckpt.AUTO)]\n"
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

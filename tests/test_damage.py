@@ -11,7 +11,7 @@ from PIL import Image
 
 from raeae.damage import Damage, DamageRequest, Kind, Source, detect, requested
 from raeae.jpeg import compress, ijg_scale, stated_scale
-from raeae.restore import RestoreConfig
+from raeae.restoring import RestoreConfig
 
 from conftest import photo
 from test_impulses import salt_and_pepper

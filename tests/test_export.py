@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from raeae.export import ExportConfig, export
-from raeae.restore import SCHEMA
+from raeae.restoring import SCHEMA
 
 from conftest import png_bytes
 
@@ -26,7 +26,7 @@ def rows(*items: tuple[str, int | None]) -> pa.Table:
 
 
 def commit(root, seq: int, run: str, *tables: pa.Table) -> None:
-    """A committed nightly run, as raeae.nightly lays it out."""
+    """A committed nightly run, as raeae.incremental lays it out."""
     files = []
     for i, t in enumerate(tables):
         (root / f"run={run}").mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,8 @@ from raeae.cli import main
 from raeae.corrupt import NoiseConfig
 from raeae.images import decode
 from raeae.model import ModelConfig
-from raeae.nightly import NightlyConfig, nightly, read_restored
-from raeae.train import train
+from raeae.incremental import NightlyConfig, nightly, read_restored
+from raeae.training import train
 from raeae.train_config import TrainConfig
 from tests.catalogue import write_catalogue
 from tests.test_data import write_mnist

@@ -14,7 +14,7 @@ from raeae.damaged_patches import DamagedPatchSampler
 from raeae.inference import pick_model, restore_array, restore_arrays
 from raeae.jpeg import JPEG_INPUTS, JpegFinding, compress, context, ijg_scale
 from raeae.model import ModelConfig, build_model, describe_network
-from raeae.train import init_weights
+from raeae.training import init_weights
 from raeae.train_config import TrainConfig
 
 from conftest import photo

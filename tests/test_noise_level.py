@@ -11,7 +11,7 @@ from raeae import checkpoint as ckpt
 from raeae.corrupt import NoiseConfig, Noise, corrupt, corrupt_with_level, estimate_sigma, noise_level
 from raeae.inference import noise_level_of, restore_array, restore_arrays
 from raeae.model import ModelConfig, build_model
-from raeae.train import init_weights
+from raeae.training import init_weights
 from raeae.train_config import TrainConfig
 from raeae.train_loop import EpochTrainer
 

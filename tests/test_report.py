@@ -13,7 +13,7 @@ import pytest
 
 from raeae import checkpoint as ckpt
 from raeae.report import REPORT_FILE, error_groups, gallery_paths, report, restore_report, ReportConfig
-from raeae.restore import SCHEMA
+from raeae.restoring import SCHEMA
 from raeae.stages import ModelStage, decode_batch, encode_batch
 from raeae.storage import StorageConfig
 
@@ -120,8 +120,8 @@ def test_raeae_report_writes_it_again_from_the_output_alone(hostile_output, caps
 
 @pytest.mark.slow
 def test_a_restore_and_two_nights_report_themselves_and_chromium_shows_them(ray_session, tmp_path, trained_checkpoint):
-    from raeae.nightly import NightlyConfig, nightly
-    from raeae.restore import RestoreConfig, restore
+    from raeae.incremental import NightlyConfig, nightly
+    from raeae.restoring import RestoreConfig, restore
 
     archive = tmp_path / "archive"
     archive.mkdir()

@@ -15,7 +15,7 @@ import pytest
 from raeae import checkpoint as ckpt
 from raeae.metrics import PeakMemory
 from raeae.model import ModelConfig, build_model
-from raeae.restore import RestoreConfig, object_store_used, restore
+from raeae.restoring import RestoreConfig, object_store_used, restore
 
 from conftest import png_bytes
 
@@ -86,7 +86,7 @@ def test_ten_times_the_images_holds_no_more_memory(ray_session, collections, tin
 
 SMALL_STORE_RUN = """
 import sys, numpy as np, ray
-from raeae.restore import RestoreConfig, restore, spilled_bytes
+from raeae.restoring import RestoreConfig, restore, spilled_bytes
 ray.init(num_cpus=2, object_store_memory=80 * 2**20, include_dashboard=False, log_to_driver=False)
 s = restore(RestoreConfig(model=sys.argv[1], input=sys.argv[2], output=sys.argv[3], file_mb=1000, batch_size=4))
 assert s["rows"] == s["ok"] == int(sys.argv[4]) and s["spilled_bytes"] is not None, s

@@ -12,8 +12,8 @@ import pytest
 from raeae.cli import main
 from raeae.images import decode
 from raeae.metrics import psnr
-from raeae.nightly import read_restored
-from raeae.restore import RestoreConfig, restore
+from raeae.incremental import read_restored
+from raeae.restoring import RestoreConfig, restore
 from raeae.settings import Layout
 from tests.conftest import clean_for, png_bytes
 

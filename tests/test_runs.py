@@ -75,7 +75,7 @@ def test_runtime_settings_may_change_between_attempts():
 
 
 def test_train_sets_rays_health_check_only_while_it_runs_and_never_over_the_users(monkeypatch):
-    from raeae.train import HEALTH_CHECK_ENV, HEALTH_CHECK_S, env_default
+    from raeae.training import HEALTH_CHECK_ENV, HEALTH_CHECK_S, env_default
 
     monkeypatch.delenv(HEALTH_CHECK_ENV, raising=False)
     with env_default(HEALTH_CHECK_ENV, HEALTH_CHECK_S):

@@ -16,7 +16,7 @@ import raeae
 from raeae.images import decode, decode_image, encode_png
 from raeae.inference import restore_array, restore_arrays
 from raeae.model import ColorMode, ModelConfig, build_model
-from raeae.restore import SCHEMA
+from raeae.restoring import SCHEMA
 from raeae.settings import Layout
 from raeae.stages import DECODED, ModelStage, decode_batch, encode_batch
 from raeae.storage import StorageConfig
@@ -232,7 +232,7 @@ def raeae_model_id(path) -> str:
 
 
 def test_work_units_cut_the_largest_first_by_count_and_bytes():
-    from raeae.restore import work_units
+    from raeae.restoring import work_units
 
     files = [{"path": f"f{i}", "size": s} for i, s in enumerate([5, 900, 40, 40, 3000, 1, 1, 1, 1, 1])]
     units = work_units(files, batch_size=3, unit_bytes=1000)
@@ -244,7 +244,7 @@ def test_work_units_cut_the_largest_first_by_count_and_bytes():
 
 
 def test_work_units_shrink_toward_the_end_so_the_actors_finish_together():
-    from raeae.restore import work_units
+    from raeae.restoring import work_units
 
     files = [{"path": f"f{i}", "size": 100} for i in range(256)]
     units = work_units(files, batch_size=256, workers=2, unit_bytes=1600, min_bytes=100)
@@ -272,7 +272,7 @@ def test_work_units_shrink_toward_the_end_so_the_actors_finish_together():
     ([{"CPU": 4.0}], {"actors": 1}, (1, 2.0, 0.0, 4, 0.5, True)),
 ])
 def test_stage_plan_follows_the_cluster(nodes, kw, expect):
-    from raeae.restore import Plan, RestoreConfig, plan_stages
+    from raeae.restoring import Plan, RestoreConfig, plan_stages
 
     plan = plan_stages(RestoreConfig(**kw), nodes, batches=100)
     assert (plan.actors, plan.actor_cpus, plan.actor_gpus, plan.threads, plan.task_cpus, plan.fused) == expect
@@ -280,7 +280,7 @@ def test_stage_plan_follows_the_cluster(nodes, kw, expect):
 
 
 def test_stage_plan_never_starts_more_actors_than_units_nor_a_gpu_actor_without_gpus():
-    from raeae.restore import RestoreConfig, plan_stages, wanted_actors
+    from raeae.restoring import RestoreConfig, plan_stages, wanted_actors
 
     assert plan_stages(RestoreConfig(), [{"CPU": 8.0}], batches=3).actors == 3
     with pytest.raises(ValueError, match="no GPUs"):
@@ -327,7 +327,7 @@ def test_outputs_written_before_a_column_was_added_read_it_as_null(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from raeae.nightly import MANIFESTS, read_restored
+    from raeae.incremental import MANIFESTS, read_restored
 
     old_schema = pa.schema([f for f in SCHEMA if f.name not in ("noise_sigma", "bits")])  # the contract before them
     row = {"path": "/a.png", "status": "ok", "model_id": "m", "restored_at": 0}
@@ -346,7 +346,7 @@ def test_outputs_written_before_a_column_was_added_read_it_as_null(tmp_path):
 
 
 def test_parquet_files_are_large_for_a_large_collection_and_a_quarter_of_a_small_one(capsys):
-    from raeae.restore import FILE_BYTES, MIN_FILE_BYTES, RestoreConfig, _file_bytes
+    from raeae.restoring import FILE_BYTES, MIN_FILE_BYTES, RestoreConfig, _file_bytes
 
     MB, node = 2**20, [{"CPU": 2.0, "object_store_memory": 8 * 2**30}]
     # by default: 128 MB files for a large collection, so a 10 GB one makes ~80 files, not thousands
@@ -367,7 +367,7 @@ def test_parquet_files_are_large_for_a_large_collection_and_a_quarter_of_a_small
 
 def test_gpu_actors_on_a_cluster_without_gpus_name_the_flag(monkeypatch, capsys):
     import raeae.cluster
-    from raeae.restore import RestoreConfig, plan_stages, require_actors
+    from raeae.restoring import RestoreConfig, plan_stages, require_actors
 
     head_only = [{"CPU": 0.0}]
     plan = plan_stages(RestoreConfig(gpu=True, actors=2), head_only, batches=3, can_grow=True)

@@ -9,7 +9,7 @@ from PIL import Image
 import raeae
 from raeae.corrupt import NoiseConfig
 from raeae.model import ModelConfig
-from raeae.train import train
+from raeae.training import train
 from raeae.train_config import TrainConfig
 
 pytestmark = pytest.mark.slow

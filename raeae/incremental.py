@@ -31,7 +31,7 @@ from raeae import checkpoint as ckpt
 from raeae.cluster import connect
 from raeae.lock import OutputLock
 from raeae.report import REPORTS_DIR, nightly_reports, write_quietly
-from raeae.restore import SCHEMA, RestoreConfig, parquet_files, print_summary, run_context, run_pipeline, summarise
+from raeae.restoring import SCHEMA, RestoreConfig, parquet_files, print_summary, run_context, run_pipeline, summarise
 from raeae.storage import (StorageConfig, StorageError, explain, first_names, list_files, resolve, skipped_note,
                            write_atomic)
 
