@@ -83,7 +83,7 @@ def plain_loop(model: str, folder: str, out: str) -> None:
     from raeae import checkpoint as ckpt
     from raeae.images import bits, channels, decode_image, encode_png
     from raeae.inference import pick_model
-    from raeae.restoring import SCHEMA
+    from raeae.contract import SCHEMA
     from raeae.storage import list_images
 
     models = [ckpt.model_from_state(ckpt.parse(b)) for b in ckpt.read_models(model)]

@@ -67,7 +67,7 @@ def nightly(config=None, *, verbose: bool = False, **settings) -> dict:
 
 def read_restored(output: str, **kwargs):
     """The latest committed row per source path of a ``raeae restore`` or ``raeae nightly`` output,
-    as a pyarrow Table (see :func:`raeae.incremental.read_restored`)."""
-    from raeae.incremental import read_restored as _read
+    as a pyarrow Table (see :func:`raeae.contract.read_restored`)."""
+    from raeae.contract import read_restored as _read
 
     return _read(output, **kwargs)

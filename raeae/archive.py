@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from raeae.data import read_image
 from raeae.lock import OutputLock
 from raeae.model import photo_config
+from raeae.cliutil import require_settings
 from raeae.incremental import NightlyConfig, new_run_id, nightly
 from raeae.restoring import RestoreConfig
 from raeae.storage import StorageConfig, StorageError, explain, list_images, resolve
@@ -83,9 +84,7 @@ def majority_channels(archive: str, storage: StorageConfig, look_at: int = 50) -
 
 def self_train_and_restore(cfg: ArchiveConfig, verbose: bool = False) -> dict:
     """Train on the archive (self-supervised), then restore it with that model; returns the manifest."""
-    for name in ("archive", "output"):
-        if not getattr(cfg, name):
-            raise ValueError(f"--{name} is required")
+    require_settings(cfg, "archive", "output")
     run_id = cfg.run_id or new_run_id()
     try:  # is another run writing to the output? asked before minutes of training; step 2 takes the lock
         OutputLock(*resolve(cfg.output, cfg.storage), run_id).free()

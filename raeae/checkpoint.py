@@ -17,6 +17,7 @@ import os
 import pickle
 import posixpath
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -108,6 +109,27 @@ def read_models(uri: str, storage: StorageConfig = StorageConfig()) -> list[byte
             raise CheckpointError(f"{AUTO}: no bundled models in {BUILTIN_DIR}; give --model")
         return found
     return [read_checkpoint_bytes(uri, storage)]
+
+
+@dataclass(frozen=True)
+class RunModels:
+    """The checkpoint(s) a run restores with (two or three for ``builtin:auto``), read once: their bytes,
+    headers (read now, so a bad checkpoint fails before Ray starts) and ids."""
+
+    uri: str
+    blobs: tuple[bytes, ...]
+    headers: tuple[dict, ...]
+    ids: tuple[str, ...]
+
+    @property
+    def model_id(self) -> str:
+        """What a row records: the ids joined by '+' (``builtin:auto`` is several models)."""
+        return "+".join(self.ids)
+
+    @classmethod
+    def read(cls, uri: str, storage: StorageConfig = StorageConfig()) -> "RunModels":
+        blobs = tuple(read_models(uri, storage))
+        return cls(uri, blobs, tuple(read_header(b, uri) for b in blobs), tuple(model_id(b) for b in blobs))
 
 
 def read_checkpoint_bytes(uri: str, storage: StorageConfig = StorageConfig()) -> bytes:

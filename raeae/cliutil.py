@@ -118,3 +118,10 @@ def field_names(cls: type) -> set[str]:
 def given(args: argparse.Namespace, name: str) -> bool:
     """Whether the user gave flag ``name`` (unset flags parse to None)."""
     return getattr(args, name, None) is not None
+
+
+def require_settings(cfg, *names: str) -> None:
+    """One line for the first of ``names`` that ``cfg`` leaves empty (``--input is required``)."""
+    for name in names:
+        if not getattr(cfg, name):
+            raise ValueError(f"--{name.replace('_', '-')} is required")

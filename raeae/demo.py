@@ -87,7 +87,7 @@ def _make_archive(clean_dir: str, archive: str, noise: NoiseConfig, seed: int, b
 
 def demo(cfg: DemoConfig, verbose: bool = False) -> dict:
     from raeae.cluster import connect
-    from raeae.incremental import read_restored
+    from raeae.contract import read_restored
 
     work = os.path.abspath(cfg.workdir)
     shutil.rmtree(work, ignore_errors=True)

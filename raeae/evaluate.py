@@ -13,8 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from raeae.checkpoint import AUTO, model_from_state, parse, read_models, recommended_stride
-from raeae.checkpoint import model_id as model_id_of
+from raeae.checkpoint import AUTO, RunModels, model_from_state, parse, recommended_stride
 from raeae.corrupt import Noise, NoiseConfig, corrupt
 from raeae.data import load_images
 from raeae.images import encode_png
@@ -117,10 +116,10 @@ def evaluate(cfg: EvaluateConfig, printer: Callable[[str], None] = print) -> dic
         return evaluate_restored(cfg, printer)
     if not cfg.model or not cfg.data:
         raise ValueError("--model and --data are required")
-    blobs = read_models(cfg.model, cfg.storage)
-    states = [parse(b, cfg.model) for b in blobs]
+    run_models = RunModels.read(cfg.model, cfg.storage)
+    states = [parse(b, cfg.model) for b in run_models.blobs]
     models = [model_from_state(st) for st in states]
-    model_id = "+".join(model_id_of(b) for b in blobs)
+    model_id = run_models.model_id
     strides = {id(m): recommended_stride(st, cfg.stride) for m, st in zip(models, states)}
     images = load_images(cfg.data, None, cfg.storage, limit=cfg.limit)
     if not images:
@@ -187,7 +186,7 @@ def evaluate_restored(cfg: EvaluateConfig, printer: Callable[[str], None] = prin
 
     from raeae.data import read_image
     from raeae.images import decode
-    from raeae.incremental import read_restored
+    from raeae.contract import read_restored
     from raeae.storage import resolve
 
     if not cfg.data:

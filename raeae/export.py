@@ -51,7 +51,7 @@ def export(cfg: ExportConfig) -> int:
     many files were written. The PNGs stream from the Parquet files a few rows at a time, so an export
     holds the paths of the whole output but the images of only one batch (an output can be far larger
     than memory)."""
-    from raeae.incremental import latest_per_path, read_rows, restored_files
+    from raeae.contract import latest_per_path, read_rows, restored_files
 
     if not cfg.input or not cfg.output:
         raise ValueError("--input and --output are required")

@@ -21,21 +21,20 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from raeae import checkpoint as ckpt
+from raeae.cliutil import require_settings
+from raeae.contract import MANIFESTS, committed_table, latest_per_path, manifest_infos, parquet_files, summarise
 from raeae.cluster import connect
 from raeae.lock import OutputLock
 from raeae.report import REPORTS_DIR, nightly_reports, write_quietly
-from raeae.restoring import SCHEMA, RestoreConfig, parquet_files, print_summary, run_context, run_pipeline, summarise
-from raeae.storage import (StorageConfig, StorageError, explain, first_names, list_files, resolve, skipped_note,
+from raeae.restoring import RestoreConfig, print_summary, run_context, run_pipeline
+from raeae.storage import (StorageError, explain, first_names, list_files, resolve, skipped_note,
                            write_atomic)
 
-MANIFESTS = "_manifests"
 
 
 @dataclass(frozen=True)
@@ -62,15 +61,6 @@ class NightlyConfig:
             raise ValueError(f"run_id may hold letters, digits, '-', '_' and '.', got {self.run_id!r}")
 
 
-def _manifest_infos(fs: pafs.FileSystem, root: str) -> list[dict]:
-    """Committed manifests in commit order."""
-    sel = pafs.FileSelector(posixpath.join(root, MANIFESTS), recursive=False, allow_not_found=True)
-    out = []
-    for info in fs.get_file_info(sel):
-        if info.type == pafs.FileType.File and info.path.endswith(".json"):
-            with fs.open_input_stream(info.path) as f:
-                out.append(json.loads(f.read()))
-    return sorted(out, key=lambda m: m["seq"])
 
 
 def new_run_id() -> str:
@@ -78,68 +68,6 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def committed_table(fs: pafs.FileSystem, root: str, columns: list[str] | None = None) -> pa.Table:
-    """All rows of all committed runs, in commit order, each with its place (:func:`read_rows`)."""
-    return read_rows(fs, _committed_files(fs, root), columns)
-
-
-def _committed_files(fs: pafs.FileSystem, root: str) -> list[str]:
-    """The data files of the committed runs, in commit order (what the manifests name)."""
-    return [posixpath.join(root, rel) for m in _manifest_infos(fs, root) for rel in m["files"]]
-
-
-# the columns read_rows adds: where each row lies (which of the files, in order, and which row of it)
-PLACE = ["_file", "_file_row"]
-
-
-def read_rows(fs: pafs.FileSystem, files: list[str], columns: list[str] | None) -> pa.Table:
-    """The rows of ``files`` in order, as the current contract (a column added since a file was written
-    reads as nulls), each with its place: ``_file`` (index into ``files``) and ``_file_row``."""
-    tables = []
-    for i, path in enumerate(files):
-        t = pq.read_table(path, filesystem=fs, columns=columns, schema=SCHEMA)
-        tables.append(t.append_column(PLACE[0], pa.array(np.full(len(t), i), pa.int64()))
-                      .append_column(PLACE[1], pa.array(np.arange(len(t)), pa.int64())))
-    if not tables:
-        schema = pa.schema([SCHEMA.field(c) for c in columns]) if columns else SCHEMA
-        return pa.schema([*schema, *(pa.field(c, pa.int64()) for c in PLACE)]).empty_table()
-    return pa.concat_tables(tables)
-
-
-def latest_per_path(table: pa.Table) -> pa.Table:
-    """Keep the last row (files in commit order, then last written) of every ``path``."""
-    if len(table) == 0:
-        return table
-    t = table.append_column("_row", pa.array(np.arange(len(table)), pa.int64()))
-    last = t.group_by("path").aggregate([("_row", "max")])
-    keep = np.sort(last["_row_max"].to_numpy())
-    return t.take(pa.array(keep)).drop_columns(["_row"])
-
-
-def restored_files(output: str, storage: StorageConfig = StorageConfig()) -> tuple[pafs.FileSystem, list[str]]:
-    """(filesystem, the data files a reader of ``output`` reads, in commit order): a nightly output's
-    committed runs, or a plain ``raeae restore`` output's files."""
-    fs, root = resolve(output, storage)
-    try:
-        if fs.get_file_info(posixpath.join(root, MANIFESTS)).type == pafs.FileType.Directory:
-            return fs, _committed_files(fs, root)
-        files = parquet_files(fs, root)
-        if not files and fs.get_file_info(root).type == pafs.FileType.NotFound:
-            raise StorageError(f"{output}: no such output")
-    except OSError as exc:
-        raise StorageError(explain(exc, output)) from None
-    return fs, files
-
-
-def read_restored(output: str, storage: StorageConfig = StorageConfig(), columns: list[str] | None = None) -> pa.Table:
-    """The latest committed row per source path of a nightly output, or every row of a plain
-    ``raeae restore`` output; same columns as the Parquet contract."""
-    fs, files = restored_files(output, storage)
-    try:
-        table = read_rows(fs, files, columns)
-    except OSError as exc:
-        raise StorageError(explain(exc, output)) from None
-    return latest_per_path(table).drop_columns(PLACE)
 
 
 def _to_us(mtime: float | None) -> int | None:
@@ -187,15 +115,10 @@ def _clean_uncommitted(fs: pafs.FileSystem, root: str, committed_ids: set[str]) 
 def nightly(cfg: NightlyConfig, verbose: bool = False) -> dict:
     """One nightly run: list, select what is new, restore it, commit. Returns the manifest."""
 
-    for name in ("model", "archive", "output"):
-        if not getattr(cfg, name):
-            raise ValueError(f"--{name} is required")
+    require_settings(cfg, "model", "archive", "output")
     storage = cfg.restore.storage
-    model_bytes = ckpt.read_models(cfg.model, storage)
-    for b in model_bytes:
-        ckpt.read_header(b, cfg.model)  # fail fast on a bad checkpoint
-    ids = [ckpt.model_id(b) for b in model_bytes]
-    model_ids, model_id = set(ids), "+".join(ids)
+    models = ckpt.RunModels.read(cfg.model, storage)  # fails fast on a bad checkpoint
+    model_ids, model_id = set(models.ids), models.model_id
     files, skipped = list_files(cfg.archive, storage)
     fs, root = resolve(cfg.output, storage)
     run_id = cfg.run_id or new_run_id()
@@ -217,7 +140,7 @@ def _run(cfg: NightlyConfig, lock: OutputLock, files: list[dict], skipped: list[
     if lock.taken_over:
         print(f"raeae nightly: took over {lock.taken_over}")
     try:
-        manifests = _manifest_infos(fs, root)
+        manifests = manifest_infos(fs, root)
     except OSError as exc:
         raise StorageError(explain(exc, cfg.output)) from None
     committed = {m["run_id"] for m in manifests}

@@ -57,7 +57,7 @@ class ReportConfig:
 
 def read_small(fs, files: list[str]) -> pa.Table:
     """The rows of ``files`` without their images (a column added since a file was written: nulls)."""
-    from raeae.restoring import SCHEMA
+    from raeae.contract import SCHEMA
 
     tables = [pq.read_table(f, filesystem=fs, columns=SMALL_COLUMNS, schema=SCHEMA) for f in files]
     return pa.concat_tables(tables) if tables else pa.schema([SCHEMA.field(c) for c in SMALL_COLUMNS]).empty_table()
@@ -65,7 +65,7 @@ def read_small(fs, files: list[str]) -> pa.Table:
 
 def read_images(fs, files: list[str], paths: set[str]) -> dict[str, bytes]:
     """The restored PNG of each of ``paths``, one Parquet file at a time (never every image at once)."""
-    from raeae.restoring import SCHEMA
+    from raeae.contract import SCHEMA
 
     found: dict[str, bytes] = {}
     for f in files:
@@ -273,7 +273,7 @@ def run_page(title: str, fs, files: list[str], summary: dict, storage: StorageCo
 
 def restore_report(output: str, storage: StorageConfig = StorageConfig(), summary: dict | None = None) -> str:
     """Write ``OUTPUT/_report.html`` for a plain ``raeae restore`` output; returns its path."""
-    from raeae.restoring import SUMMARY_FILE, parquet_files
+    from raeae.contract import SUMMARY_FILE, parquet_files
 
     fs, root = resolve(output, storage)
     if summary is None:
@@ -291,10 +291,10 @@ def nightly_reports(output: str, storage: StorageConfig = StorageConfig(), run_i
     """Write ``OUTPUT/_reports/<run-id>.html`` for one committed night (or every one) and the index
     of the nights; returns the paths written."""
     from raeae import report_page as P
-    from raeae.incremental import _manifest_infos
+    from raeae.contract import manifest_infos
 
     fs, root = resolve(output, storage)
-    manifests = _manifest_infos(fs, root)
+    manifests = manifest_infos(fs, root)
     written = []
     for m in manifests:
         if run_id is None or m["run_id"] == run_id:
@@ -310,7 +310,7 @@ def nightly_reports(output: str, storage: StorageConfig = StorageConfig(), run_i
 
 def report(cfg: ReportConfig) -> list[str]:
     """``raeae report``: the report(s) of an output, written again; returns the paths written."""
-    from raeae.incremental import MANIFESTS
+    from raeae.contract import MANIFESTS
 
     if not cfg.output:
         raise ValueError("--output is required: a raeae restore or nightly output")

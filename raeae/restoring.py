@@ -18,13 +18,13 @@ import posixpath
 import time
 from dataclasses import dataclass, field, fields
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from raeae import checkpoint as ckpt
+from raeae.cliutil import require_settings
 from raeae.cluster import alive_nodes, connect, private_local, require, show_progress
+from raeae.contract import SCHEMA, SUMMARY_FILE, parquet_files, summarise
 from raeae.damage import DamageRequest
 from raeae.images import DEFAULT_MAX_PIXELS
 from raeae.report import REPORT_FILE, restore_report, write_quietly
@@ -32,37 +32,6 @@ from raeae.settings import TILE_BATCH, Blend, Layout, Precision
 from raeae.stages import FusedStage, ModelStage, decode_batch, encode_batch
 from raeae.storage import StorageConfig, StorageError, explain, list_files, resolve, skipped_note, write_bytes
 
-# The Parquet contract: one row per input file.
-SCHEMA = pa.schema([
-    pa.field("path", pa.string(), nullable=False),  # source URI
-    pa.field("image", pa.binary()),  # PNG of the restored image; null on error
-    pa.field("width", pa.int32()),
-    pa.field("height", pa.int32()),
-    pa.field("channels", pa.int32()),  # channels of the restored PNG (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA)
-    pa.field("bits", pa.int32()),  # bits per channel of the restored PNG: 8, or 16 for a 16-bit source
-    pa.field("source_mode", pa.string()),  # the source's Pillow mode (L, RGB, P, I;16, CMYK...; RGB;16 etc.)
-    pa.field("status", pa.string(), nullable=False),  # "ok" or "error"
-    pa.field("error", pa.string()),  # why, when status is "error"; null when ok
-    pa.field("source_size", pa.int64()),  # bytes, from the listing
-    pa.field("source_mtime", pa.timestamp("us", tz="UTC")),  # from the listing
-    pa.field("model_id", pa.string(), nullable=False),  # sha256[:16] of the checkpoint file
-    # σ (0-255) the model was told about this image: --noise-level, else the image's own estimate;
-    # null for a model that takes none, and on error. Sorting by it finds an archive's worst scans.
-    pa.field("noise_sigma", pa.float32()),
-    # The damage found and acted on (raeae.damage): impulse, jpeg, noise, unknown (too small or flat to
-    # judge: restored as noise), none (--damage none: written back unchanged); null on error
-    pa.field("damage", pa.string()),
-    pa.field("damage_source", pa.string()),  # image (found in the pixels), file (a JPEG's tables), flag (--damage)
-    pa.field("jpeg_quality", pa.float32()),  # the JPEG quality (IJG scale) restored for; null without JPEG damage
-    pa.field("impulse_share", pa.float32()),  # share of pixel values found to be impulses; null where not looked for
-    pa.field("restored_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("seconds", pa.float32()),  # time spent on this file in all stages (the sum of the next three)
-    pa.field("decode_s", pa.float32()),  # reading and decoding it (CPU task)
-    pa.field("restore_s", pa.float32()),  # its share of the model actor's time (tiling, model, stitching)
-    pa.field("forward_s", pa.float32()),  # of which in the model's forward passes (what a GPU speeds up)
-    pa.field("encode_s", pa.float32()),  # PNG-encoding it (CPU task)
-])
-SUMMARY_FILE = "_summary.json"
 LISTING = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime", pa.float64())])
 
 
@@ -345,40 +314,8 @@ def _file_bytes(cfg: RestoreConfig, nodes: list[dict], input_bytes: int) -> int:
     return max(1, limit)
 
 
-def parquet_files(fs: pafs.FileSystem, path: str) -> list[str]:
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    except OSError:
-        return []
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
 
 
-STAGE_COLUMNS = ("decode_s", "restore_s", "forward_s", "encode_s")
-
-
-def summarise(fs: pafs.FileSystem, files: list[str], wall_s: float) -> dict:
-    """Counts from the Parquet as written (not from what we meant to write), and the seconds each
-    stage was busy in all (``forward_s`` is the part of ``restore_s`` spent in the model itself)."""
-    ok = errors = 0
-    pixels = 0
-    stages = dict.fromkeys(STAGE_COLUMNS, 0.0)
-    for f in files:
-        t = pq.read_table(f, filesystem=fs, columns=["status", "width", "height", *STAGE_COLUMNS], schema=SCHEMA)
-        status = np.asarray(t["status"].to_pylist())
-        is_ok = status == "ok"
-        ok += int(is_ok.sum())
-        errors += int((~is_ok).sum())
-        w = t["width"].to_numpy(zero_copy_only=False)
-        h = t["height"].to_numpy(zero_copy_only=False)
-        pixels += int(np.nansum(np.where(is_ok, w.astype(float) * h.astype(float), 0)))
-        for c in STAGE_COLUMNS:
-            stages[c] += float(np.nansum(t[c].to_numpy(zero_copy_only=False).astype(float)))
-    rows = ok + errors
-    return {"rows": rows, "ok": ok, "errors": errors, "wall_s": round(wall_s, 3),
-            "images_per_s": round(rows / wall_s, 2) if wall_s > 0 else None,
-            "megapixels_per_s": round(pixels / 1e6 / wall_s, 3) if wall_s > 0 else None,
-            "megapixels": round(pixels / 1e6, 3), "parquet_files": len(files),
-            "stage_seconds": {k: round(v, 3) for k, v in stages.items()}}
 
 
 def object_store_stats() -> dict | None:
@@ -422,12 +359,9 @@ def _ensure_empty(fs: pafs.FileSystem, path: str, uri: str) -> None:
 def restore(cfg: RestoreConfig, verbose: bool = False) -> dict:
     """List, restore and write one collection; prints and writes ``_summary.json``; returns the summary."""
 
-    for name in ("model", "input", "output"):
-        if not getattr(cfg, name):
-            raise ValueError(f"--{name} is required")
-    model_bytes = ckpt.read_models(cfg.model, cfg.storage)
-    states = [ckpt.read_header(b, cfg.model) for b in model_bytes]  # fail fast on a bad checkpoint, before Ray starts
-    model_id = "+".join(ckpt.model_id(b) for b in model_bytes)
+    require_settings(cfg, "model", "input", "output")
+    models = ckpt.RunModels.read(cfg.model, cfg.storage)  # fails fast on a bad checkpoint, before Ray starts
+    states, model_id = models.headers, models.model_id
     files, skipped = list_files(cfg.input, cfg.storage)
     out_fs, out_path = resolve(cfg.output, cfg.storage)
     _ensure_empty(out_fs, out_path, cfg.output)

@@ -4,7 +4,7 @@ can size and place them on its own:
 1. :func:`decode_batch` (CPU tasks): read each file and decode it to uint8 (16 bits a channel: uint16) pixels;
 2. :class:`ModelStage` (the actor pool, GPU with ``--gpu``): the model, with the tiles of many images
    packed into each forward pass, then the tiles stitched back;
-3. :func:`encode_batch` (CPU tasks): PNG-encode and build the Parquet rows (``restore.SCHEMA``).
+3. :func:`encode_batch` (CPU tasks): PNG-encode and build the Parquet rows (``raeae.contract.SCHEMA``).
 
 Every stage turns a failure on one file into that file's error row and passes rows that already
 failed straight through, so each input file still becomes exactly one output row.
@@ -165,10 +165,10 @@ class ModelStage:
         # Each actor reads the checkpoint itself (a URI is a small constructor argument; megabytes of
         # weights as one make Ray's core log an error line per actor, and a restarted actor re-reads
         # them from storage), then checks it is the model the driver announced.
-        model_bytes = ckpt.read_models(model, storage)
-        ids = [ckpt.model_id(b) for b in model_bytes]
-        if "+".join(ids) != model_id:
+        models = ckpt.RunModels.read(model, storage)
+        if models.model_id != model_id:
             raise RuntimeError(f"{model} changed while the run was starting (expected model {model_id})")
+        model_bytes, ids = models.blobs, models.ids
         # The device follows the config (--gpu), never what happens to be installed on the node.
         self.device = torch.accelerator.current_accelerator() if gpu else torch.device("cpu")
         self.models, self.ids, self.strides = [], {}, {}

@@ -13,7 +13,7 @@ from PIL import Image
 from raeae import checkpoint as ckpt
 from raeae.images import decode
 from raeae.jpeg import compress
-from raeae.restoring import SCHEMA
+from raeae.contract import SCHEMA
 from raeae.stages import ModelStage, decode_batch, encode_batch
 from raeae.storage import StorageConfig
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from raeae.export import ExportConfig, export
-from raeae.restoring import SCHEMA
+from raeae.contract import SCHEMA
 
 from conftest import png_bytes
 

@@ -12,7 +12,8 @@ from raeae.cli import main
 from raeae.corrupt import NoiseConfig
 from raeae.images import decode
 from raeae.model import ModelConfig
-from raeae.incremental import NightlyConfig, nightly, read_restored
+from raeae.contract import read_restored
+from raeae.incremental import NightlyConfig, nightly
 from raeae.training import train
 from raeae.train_config import TrainConfig
 from tests.catalogue import write_catalogue

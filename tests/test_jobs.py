@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from raeae.incremental import read_restored
+from raeae.contract import read_restored
 from tests.conftest import free_port
 from tests.test_data import write_mnist
 

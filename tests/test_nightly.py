@@ -11,7 +11,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from raeae.incremental import NightlyConfig, nightly, read_restored
+from raeae.contract import read_restored
+
+from raeae.incremental import NightlyConfig, nightly
 
 
 def make_archive(folder, names, seed=0, size=(40, 52)):
@@ -81,7 +83,7 @@ def test_killed_run_then_rerun_equals_an_unbroken_run(tmp_path, trained_checkpoi
 
 def test_paths_gone_from_the_archive_are_found_from_the_committed_rows():
     from raeae.incremental import gone_from_archive
-    from raeae.restoring import SCHEMA
+    from raeae.contract import SCHEMA
 
     state = pa.Table.from_pylist([{"path": p, "status": "ok", "model_id": "m", "restored_at": 0}
                                   for p in ["s3://a/x.png", "s3://a/y.png", "s3://a/x.png", "s3://a/z.png"]],

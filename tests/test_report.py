@@ -13,7 +13,7 @@ import pytest
 
 from raeae import checkpoint as ckpt
 from raeae.report import REPORT_FILE, error_groups, gallery_paths, report, restore_report, ReportConfig
-from raeae.restoring import SCHEMA
+from raeae.contract import SCHEMA
 from raeae.stages import ModelStage, decode_batch, encode_batch
 from raeae.storage import StorageConfig
 

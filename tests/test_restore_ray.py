@@ -12,7 +12,7 @@ import pytest
 from raeae.cli import main
 from raeae.images import decode
 from raeae.metrics import psnr
-from raeae.incremental import read_restored
+from raeae.contract import read_restored
 from raeae.restoring import RestoreConfig, restore
 from raeae.settings import Layout
 from tests.conftest import clean_for, png_bytes

@@ -16,7 +16,7 @@ import raeae
 from raeae.images import decode, decode_image, encode_png
 from raeae.inference import restore_array, restore_arrays
 from raeae.model import ColorMode, ModelConfig, build_model
-from raeae.restoring import SCHEMA
+from raeae.contract import SCHEMA
 from raeae.settings import Layout
 from raeae.stages import DECODED, ModelStage, decode_batch, encode_batch
 from raeae.storage import StorageConfig
@@ -327,7 +327,7 @@ def test_outputs_written_before_a_column_was_added_read_it_as_null(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from raeae.incremental import MANIFESTS, read_restored
+    from raeae.contract import MANIFESTS, read_restored
 
     old_schema = pa.schema([f for f in SCHEMA if f.name not in ("noise_sigma", "bits")])  # the contract before them
     row = {"path": "/a.png", "status": "ok", "model_id": "m", "restored_at": 0}
