@@ -66,19 +66,21 @@ LEVEL_UNIT = 25.0 / 255.0
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of a :class:`DenseAutoencoder`. Defaults are the seed's MNIST network."""
+    """Shape of a :class:`DenseAutoencoder`. Defaults are the digits recipe's network; the photo recipe
+    is :func:`photo_config`."""
 
     patch_size: int = field(default=28, metadata={"help": "side p of the square p×p patches the model sees "
                                                           "(28 = a whole MNIST digit)"})
     channels: int = field(default=1, metadata={"help": "colour channels per patch: 1 grayscale, 3 RGB "
                                                        "(a grayscale model restores colour images channel by channel)"})
     hidden: tuple[int, ...] = field(default=(1024,), metadata={
-        "help": "encoder hidden widths before the latent, comma separated (seed net: 128; 1024 learns "
-                "~0.8 dB more in 2 MNIST epochs)"})
-    latent: int = field(default=128, metadata={"help": "width of the latent code (seed: 128)"})
+        "help": "encoder hidden widths before the latent, comma separated (1024: measured better than "
+                "narrower on MNIST, bench/RESULTS.md)"})
+    latent: int = field(default=128, metadata={"help": "width of the latent code (128: a whole digit's "
+                                                        "code; the photo recipe uses 512)"})
     decoder_hidden: tuple[int, ...] = field(default=(1024,), metadata={
         "help": "decoder hidden widths after the latent, comma separated; empty = latent straight to "
-                "the output layer, as in the seed network"})
+                "the output layer, as in the original Keras example's network"})
     activation: Activation = field(default=Activation.RELU, metadata={"help": "hidden-layer activation"})
     head: Head = field(default=Head.SIGMOID, metadata={"help": "output head: sigmoid (pixels in [0,1]) "
                                                                      "or linear"})
@@ -87,12 +89,13 @@ class ModelConfig:
                 "forces a linear output head"})
     color: ColorMode = field(default=ColorMode.OPPONENT, metadata={
         "help": "3-channel models only: 'opponent' restores luma and two chroma planes with one shared "
-                "network (measured far better on 2 CPUs), 'joint' feeds the whole p×p×3 patch to one network"})
+                "network (the default: measured far better on 2 CPUs, bench/RESULTS.md), 'joint' feeds the "
+                "whole p×p×3 patch to one network"})
     noise_input: bool = field(default=False, metadata={
         "help": "the network is also told the noise level σ of what it restores (one more input, as FFDNet's "
                 "noise map): training gives it the σ it drew, restore estimates it per image. `raeae train` "
-                "turns it on for blind Gaussian training (--sigma-max) unless --no-noise-input: BSD68 "
-                "σ 15/25/50 +0.31/+0.23/+0.31 dB after 10 min"})
+                "turns it on for blind Gaussian, shot-noise and JPEG training unless --no-noise-input "
+                "(why: bench/RESULTS.md)"})
 
     jpeg_input: bool = field(default=False, metadata={
         "help": "the network is also told each tile's JPEG damage: the strength of the quantisation table and the "

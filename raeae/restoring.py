@@ -71,17 +71,17 @@ class RestoreConfig:
                 "from pass to pass (4096 colour tiles were 12,288 rows, 48 MB a layer, fresh pages "
                 "every pass)"})
     stride: int = field(default=0, metadata={"help": "tile stride (0 = the checkpoint's recommendation, "
-                                                     "else patch/2); smaller = more overlap, slower (3 "
-                                                     "instead of 6: +0.12 dB on BSD68 σ=25, 4x the work)"})
+                                                     "else patch/2); smaller = more overlap, a little better "
+                                                     "and quadratically slower (bench/RESULTS.md)"})
     blend: Blend = field(default=Blend.GAUSSIAN, metadata={
-        "help": "how overlapping tiles are averaged: gaussian weights each tile's centre more (+0.03 dB "
-                "on BSD68 σ=25 for free), flat weights every tile pixel the same"})
+        "help": "how overlapping tiles are averaged: gaussian weights each tile's centre more, where the "
+                "model saw the most context; flat weights every tile pixel the same"})
     precision: Precision = field(default=Precision.AUTO, metadata={
         "help": "number format of the model's matrix multiplies: auto = bf16 where the hardware has it "
-                "(GPUs, CPUs with AVX512-BF16/AMX: -0.002 dB on BSD68 for 2.4x the speed), else fp32"})
+                "natively (GPUs, CPUs with AVX512-BF16/AMX), else fp32"})
     ensemble: bool = field(default=False, metadata={
-        "help": "restore each image in its 8 flips/rotations and average them (+0.09 dB on BSD68 σ=25 "
-                "for 8x the work)"})
+        "help": "restore each image in its 8 flips/rotations and average them (a little better, 8x the "
+                "work; JPEG-damaged images are restored once, their grid fixed)"})
     noise_level: float = field(default=0.0, metadata={
         "help": "for models trained with --noise-input: the noise σ (0-255) they are told for every image; "
                 "0 = each image's own estimate. Higher smooths more, lower keeps more detail"})

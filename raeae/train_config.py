@@ -72,28 +72,27 @@ class TrainConfig:
         "help": "passes over the training patches; 0 = no epoch limit, train until --max-minutes is spent"})
     max_minutes: float = field(default=10.0, metadata={
         "help": "training time budget of the whole run, resumes included (0 = none; then --epochs ends "
-                "it); with --epochs too, whichever comes first (10: the measured photo recipe)"})
+                "it); with --epochs too, whichever comes first"})
     patience: int = field(default=0, metadata={
         "help": "stop after this many epochs without a better validation PSNR (0 = never: with a cosine "
                 "schedule the last epochs are the best ones)"})
     batch_size: int = field(default=256, metadata={
         "help": "patches per optimizer step over all workers (each of N workers takes 1/N), so results "
-                "do not depend on the worker count (seed: 256)"})
+                "do not depend on the worker count"})
     lr: float = field(default=3e-4, metadata={
-        "help": "Adam learning rate (photos: 3e-4 with cosine decay, +0.6 dB over 1e-3 on BSD68 in 10 min)"})
+        "help": "Adam learning rate (decayed to 0 over the run with --cosine)"})
     loss: Loss = field(default=Loss.MSE, metadata={"help": "reconstruction loss"})
     sigma_balance: float = field(default=0.0, metadata={
         "help": "blind training (--sigma-max): weigh each patch's squared error by (25/σ)^this, σ that patch's "
                 "own noise level (at least 5). A denoiser's error grows about linearly with σ, so plain MSE (0) "
-                "is ruled by the noisiest patches. Measured, 10 min blind σ 0-55 on Train400 -> BSD68 σ 15/25/50: "
-                "0 30.14/27.87/24.86, 0.5 30.20/27.87/24.81, 1 30.23/27.84/24.74 dB: it moves PSNR from high σ "
-                "to low σ, it does not add any, so the default is 0"})
+                "is ruled by the noisiest patches; 0 = plain MSE (it moves quality between noise levels "
+                "without adding any: bench/RESULTS.md)"})
     cosine: bool = field(default=True, metadata={
         "help": "cosine-decay the learning rate to 0 over the run (epochs, or the time budget if that "
                 "ends first)"})
     workers: int = field(default=1, metadata={
         "help": "Ray Train workers (data-parallel DDP ranks); on one machine 1 worker with every CPU is "
-                "fastest (measured: 2 workers on 2 CPUs run at 0.67x)"})
+                "fastest (bench/RESULTS.md)"})
     gpu: bool = field(default=False, metadata={"help": "one GPU per worker (on a GPU cluster)"})
     cpus_per_worker: float = field(default=0.0, metadata={
         "help": "CPUs reserved per worker, and torch's threads; 0 = the largest node's CPUs shared by "
@@ -102,12 +101,10 @@ class TrainConfig:
         "help": "random patches per image per epoch (0 = about one non-overlapping cover of each image)"})
     precision: Precision = field(default=Precision.AUTO, metadata={
         "help": "number format of the forward/backward matrix multiplies: auto = bf16 where the hardware has "
-                "it natively (GPUs, CPUs with AVX512-BF16/AMX), else fp32; weights and Adam stay fp32. "
-                "Measured: 10 CPU minutes on Train400 gave 166 epochs and 28.25 dB on BSD68 in bf16, 100 "
-                "epochs and 28.08 dB in fp32"})
+                "it natively (GPUs, CPUs with AVX512-BF16/AMX), else fp32; weights and Adam stay fp32"})
     augment: bool = field(default=True, metadata={
         "help": "random flips and 90° rotations of patches: helps on photographs, hurts on oriented "
-                "content such as digits (measured: -2.9 dB after 2 MNIST epochs)"})
+                "content such as digits (the digits preset turns them off)"})
     self_supervised: bool = field(default=False, metadata={
         "help": "learn from noisy images alone (--data is the damaged archive; no noise is added), with "
                 "--scheme"})
@@ -115,19 +112,16 @@ class TrainConfig:
         "help": "with --self-supervised: recorrupt = Recorrupted-to-Recorrupted pairs, loss on every pixel, "
                 "for Gaussian-like noise (σ from --noise-sigma or estimated); blind-spot = Noise2Void "
                 "masking, loss on hidden pixels, for any pixel-independent noise (salt-and-pepper too); "
-                "auto = recorrupt unless the images' noise is impulsive. Measured, 10 min on noisy "
-                "Train400 σ=25 -> BSD68: 27.34 dB with recorrupt, 25.75 with blind-spot (TV: 27.04)"})
+                "auto = recorrupt unless the images' noise is impulsive"})
     noise_sigma: float = field(default=0.0, metadata={
         "help": "with --scheme recorrupt: the archive's noise std on the 0-255 scale; 0 = estimate it "
-                "(median over the training images of Donoho's MAD estimate; 25.2 on Train400 at σ=25)"})
+                "(median over the training images of Donoho's MAD estimate)"})
     recorrupt_alpha: float = field(default=0.3, metadata={
         "help": "with --scheme recorrupt: the extra noise is alpha*z on the input and -z/alpha on the "
                 "target; smaller alpha keeps training inputs closer to the archive's noise level (the "
-                "model learns noise of σ*sqrt(1+alpha^2)), larger alpha makes targets less noisy. "
-                "Measured, 10 min on noisy Train400 σ=25 -> BSD68: 0.3 27.29 dB, 0.5 27.25"})
+                "model learns noise of σ*sqrt(1+alpha^2)), larger alpha makes targets less noisy"})
     mask_ratio: float = field(default=0.125, metadata={
-        "help": "with --self-supervised: share of each patch's pixels hidden and predicted (measured "
-                "on Train400->BSD68 σ=25 after 1,500 steps: 1/16 +4.21 dB, 1/8 +4.62, 1/4 and 1/2 no better)"})
+        "help": "with --self-supervised: share of each patch's pixels hidden and predicted"})
     val_clean: str = field(default="", metadata={
         "help": "with --self-supervised: clean copies of the images (same file names), to report a "
                 "validation PSNR; without it validation reports the self-supervised loss"})
@@ -136,7 +130,7 @@ class TrainConfig:
     stride: int = field(default=0, metadata={
         "help": "tile stride for whole-image validation, recorded as restore's default (0 = patch/2)"})
     val_fraction: float = field(default=0.05, metadata={"help": "share of images held out for validation"})
-    seed: int = field(default=0, metadata={"help": "seed for the split, patches, noise and init"})
+    seed: int = field(default=0, metadata={"help": "random seed for the split, patches, noise and init"})
     run_name: str = field(default="", metadata={
         "help": "Ray Train run name; naming an existing run resumes it (default: a new run every time)"})
     resume: bool = field(default=False, metadata={

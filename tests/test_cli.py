@@ -134,3 +134,14 @@ def test_blind_gaussian_training_learns_the_noise_level_unless_told_not_to(argv,
 
     _, cfg = train_config_from_args(build_parser().parse_args(["train", "--output", "m", "--data", "photos/", *argv]))
     assert cfg.model.noise_input is noise_input
+
+
+@pytest.mark.parametrize("command", ["train", "restore", "nightly", "archive"])
+def test_help_says_what_a_flag_does_and_leaves_measurements_to_results(command, capsys):
+    """Measurements live in bench/RESULTS.md ("Measurements behind the defaults"), not in --help, where
+    they drifted; "seed" means a random seed only."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert " dB" not in text and "measured:" not in text.lower()
+    assert "seed net" not in text and "(seed:" not in text
