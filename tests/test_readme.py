@@ -1,7 +1,8 @@
 """The README's marked blocks run verbatim, so the docs and the code cannot drift apart.
 
-A fenced block whose info string is ``bash test:NAME`` (or ``sql test:NAME``) is part of test NAME;
-its lines run as written, in order, in a fresh ``bash -e`` from the repository root. The local-head
+A fenced block whose info string is ``bash test:NAME`` (or ``sql test:NAME``, ``python test:NAME``) is
+part of test NAME; its lines run as written, in order, in a fresh ``bash -e`` (or the venv's Python)
+from the repository root. The local-head
 section starts a `ray start --head` on Ray's default ports, so these tests run first in the session
 (see conftest), before the session's own Ray takes ports of its own.
 """
@@ -16,7 +17,7 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"^```(bash|sql) test:([\w-]+)\n(.*?)^```", re.M | re.S)
+BLOCK = re.compile(r"^```(bash|sql|python) test:([\w-]+)\n(.*?)^```", re.M | re.S)
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 pytestmark = pytest.mark.slow
@@ -94,3 +95,17 @@ def test_examples_run_and_the_duckdb_query_reads_their_output(tmp_path, monkeypa
 def test_mnist_example_trains_at_a_tiny_budget(tmp_path):
     p = run_section("mnist", tmp_path, venv_on_path=True)
     assert "preset digits" in p.stdout and "validation PSNR" in p.stdout, p.stdout[-2000:]
+
+
+def test_the_library_example_trains_restores_and_reads(tmp_path):
+    """The README's Library block, as a newcomer pastes it into the venv's Python."""
+    code = "\n".join(blocks("library", lang="python"))
+    home = tmp_path / "home"
+    home.mkdir()
+    try:
+        p = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", code], cwd=ROOT, capture_output=True,
+                           text=True, timeout=900, env=fresh_shell_env(home, venv_on_path=True))
+    finally:
+        kill_processes_of(home)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "trained:" in p.stdout and "17 ok, 2 errors;" in p.stdout, p.stdout[-2000:]
