@@ -177,7 +177,7 @@ def _resume_state(model, optimizer) -> dict:
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return {"epoch": 0, "history": [], "best_val_psnr": -math.inf, "best_epoch": 0, "best_model": None,
+        return {"epoch": 0, "history": [], "best_score": -math.inf, "best_epoch": 0, "best_model": None,
                 "stopped": "", "resumed_at": [], "elapsed_s": 0.0}
     with checkpoint.as_directory() as d:
         with open(os.path.join(d, ckpt.CHECKPOINT_FILE), "rb") as f:
@@ -185,7 +185,9 @@ def _resume_state(model, optimizer) -> dict:
     module = unwrap(model)
     module.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    progress = state["progress"]
+    progress = dict(state["progress"])
+    if "best_val_psnr" in progress:  # checkpoints from before the score had its own name
+        progress["best_score"] = progress.pop("best_val_psnr")
     # A record of every resume (a re-run, or Ray Train restarting failed workers), for the history.
     return {"elapsed_s": 0.0, **progress, "resumed_at": [*progress.get("resumed_at", []), progress["epoch"]]}
 
@@ -263,7 +265,7 @@ def train_loop_per_worker(config: dict) -> None:
         progress = _advance(progress, metrics, model)
         progress["stopped"] = decide_stop(cfg, progress, clock)
         progress["elapsed_s"] = clock.elapsed()
-        metrics.update(best_val_psnr=progress["best_val_psnr"], best_epoch=progress["best_epoch"],
+        metrics.update(best_score=progress["best_score"], best_epoch=progress["best_epoch"],
                        train_loop_s=loop_s, elapsed_s=progress["elapsed_s"], stopped=progress["stopped"])
         _save_and_report(model, optimizer, cfg, progress, metrics)
         _announce(config.get("progress_queue"), metrics)
@@ -275,10 +277,11 @@ def _advance(progress: dict, metrics: dict, model) -> dict:
     p = dict(progress)
     p["epoch"] = metrics["epoch"]
     p["history"] = [*progress["history"], {k: v for k, v in metrics.items() if isinstance(v, (int, float))}]
-    # Higher is better: the validation PSNR, or minus the self-supervised loss when no clean copy exists.
+    # The score ranks epochs, higher is better: the validation PSNR, or minus the self-supervised loss when
+    # no clean copy exists (a loss, never reported as a PSNR: the result's PSNRs come from the best epoch's metrics).
     score = metrics.get("val_psnr", -metrics.get("val_ss_loss", math.inf))
-    if world()[0] == 0 and score > p["best_val_psnr"]:
-        p["best_val_psnr"], p["best_epoch"] = score, metrics["epoch"]
+    if world()[0] == 0 and score > p["best_score"]:
+        p["best_score"], p["best_epoch"] = score, metrics["epoch"]
         p["best_model"] = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
     return p
 

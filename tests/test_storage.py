@@ -26,10 +26,10 @@ def test_a_single_file_lists_itself(tmp_path):
     assert [i["path"] for i in list_images(str(tmp_path / "one.png"))] == [str(tmp_path / "one.png")]
 
 
-def test_the_readme_names_exactly_the_extensions_that_are_images():
+def test_the_docs_name_exactly_the_extensions_that_are_images():
     from pathlib import Path
 
     from raeae.storage import IMAGE_EXTENSIONS
 
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    assert f"(`{' '.join(IMAGE_EXTENSIONS)}`, any case" in " ".join(readme.read_text().split())
+    docs = Path(__file__).resolve().parents[1] / "docs" / "images.md"
+    assert f"`{' '.join(IMAGE_EXTENSIONS)}`, any case" in " ".join(docs.read_text().split())
