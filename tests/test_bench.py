@@ -127,3 +127,25 @@ def test_bench_deep(ray_session, tmp_path):
     assert "| images | σ | noisy dB | restored at 16 bits dB |" in out
     result = json.loads((tmp_path / "d.json").read_text())
     assert result["images"] == 1 and result["restored_16_db"] > result["noisy_db"] + 5
+
+
+def test_bench_damage(ray_session, tmp_path):
+    """Every damage of the quality-on-real-damage bench, on one gray and one colour test image, through
+    `raeae.restore` with no flags; BM3D left out (slow)."""
+    for kind, name in (("gray", "camera.png"), ("colour", "astronaut.png")):
+        copy_samples(tmp_path / kind, (name,))
+    out = run_bench(ray_session, "damage.py", "--test", str(tmp_path / "gray"), "--test-color", str(tmp_path / "colour"),
+                    "--bm3d-images", "0", "--out", str(tmp_path / "d"))
+    assert "| salt-and-pepper 5 % | impulse | impulse 1 | 1/1 (100 %) |" in out
+    results = json.loads((tmp_path / "d" / "damage.json").read_text())["results"]
+    assert set(results) == {"gray", "colour"} and len(results["gray"]) == 9
+    for per_set in results.values():
+        for r in per_set.values():
+            assert {"input", "TV", "3×3 median", "switching median", "raeae"} <= set(r["methods"])
+
+
+def test_bench_overheads(ray_session, tmp_path):
+    out = run_bench(ray_session, "overheads.py", "--scale", "0.002", "--out", str(tmp_path))
+    assert "damage detection, all files" in out and "report written again" in out
+    data = json.loads((tmp_path / "overheads.json").read_text())
+    assert data["files"] == 7 and data["detect_s"] > 0 and data["report_s"] > 0
