@@ -69,6 +69,15 @@ DECODED = pa.schema([
 ])
 
 
+def _rows(batch: pa.Table) -> list[dict]:
+    """A decoded batch's rows, their pixels as views of the table's own buffers (to_pylist would copy
+    every image into Python bytes)."""
+    rows = batch.drop_columns(["pixels"]).to_pylist()
+    for row, pixels in zip(rows, batch.column("pixels")):
+        row["pixels"] = memoryview(pixels.as_buffer()) if pixels.is_valid else None
+    return rows
+
+
 def _error_text(exc: BaseException) -> str:
     return str(exc) if str(exc) else type(exc).__name__
 
@@ -79,7 +88,10 @@ def _pixels(row: dict) -> np.ndarray:
 
 
 def _with_pixels(row: dict, image: np.ndarray) -> dict:
-    return {**row, "pixels": image.tobytes(), "height": image.shape[0], "width": image.shape[1],
+    # a view of the array's bytes: the table built from the rows copies them once (tobytes() would be a
+    # second full-size copy, gigabytes for an archival scan)
+    pixels = memoryview(np.ascontiguousarray(image)).cast("B")
+    return {**row, "pixels": pixels, "height": image.shape[0], "width": image.shape[1],
             "depth": image.shape[2] if image.ndim == 3 else 0, "bits": bits(image)}
 
 
@@ -213,7 +225,7 @@ class ModelStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from raeae.inference import pick_model
 
-        rows = batch.to_pylist()
+        rows = _rows(batch)
         groups: dict[int, list[tuple[int, np.ndarray, Damage]]] = {}  # model index -> (row, image, damage)
         for i, row in enumerate(rows):
             row["model_id"] = self.ids[id(self.models[0])]  # error rows: the first model
@@ -261,7 +273,7 @@ def _ts_us(seconds: float | None) -> int | None:
 def encode_batch(batch: pa.Table, png_level: int, schema: pa.Schema) -> pa.Table:
     """Stage 3: restored rows -> Parquet rows (``schema``, the restore contract), PNG-encoded."""
     out = []
-    for row in batch.to_pylist():
+    for row in _rows(batch):
         t0 = time.perf_counter()
         result = {"path": row["path"], "image": None, "width": None, "height": None, "channels": None, "bits": None,
                   "source_mode": row["source_mode"], "status": "error", "error": row["error"],
