@@ -262,7 +262,7 @@ def train_loop_per_worker(config: dict) -> None:
             metrics["recorrupt"] = int(loss_cfg.scheme is Scheme.RECORRUPT)
             if loss_cfg.scheme is Scheme.RECORRUPT:
                 metrics["noise_sigma"] = loss_cfg.noise_sigma
-        progress = _advance(progress, metrics, model)
+        progress = advance(progress, metrics, model)
         progress["stopped"] = decide_stop(cfg, progress, clock)
         progress["elapsed_s"] = clock.elapsed()
         metrics.update(best_score=progress["best_score"], best_epoch=progress["best_epoch"],
@@ -271,7 +271,7 @@ def train_loop_per_worker(config: dict) -> None:
         _announce(config.get("progress_queue"), metrics)
 
 
-def _advance(progress: dict, metrics: dict, model) -> dict:
+def advance(progress: dict, metrics: dict, model) -> dict:
     """Bookkeeping after an epoch: history, and the best weights so far (rank 0 validates)."""
     module = unwrap(model)
     p = dict(progress)
