@@ -132,6 +132,12 @@ class RunModels:
         return cls(uri, blobs, tuple(read_header(b, uri) for b in blobs), tuple(model_id(b) for b in blobs))
 
 
+def read_checkpoint_dir(directory: str) -> dict:
+    """The state in a Ray Train checkpoint's folder (the driver's result and a worker's resume read it)."""
+    with open(os.path.join(directory, CHECKPOINT_FILE), "rb") as f:
+        return parse(f.read(), directory)
+
+
 def read_checkpoint_bytes(uri: str, storage: StorageConfig = StorageConfig()) -> bytes:
     """The bytes of ``model.pt`` at ``uri``: a folder or file on any filesystem, or ``builtin:NAME``."""
     if uri.startswith(BUILTIN):

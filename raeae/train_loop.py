@@ -13,9 +13,9 @@ pytorch/examples' DDP ``Trainer``:
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -53,11 +53,42 @@ def make_sampler(images: list[torch.Tensor], cfg: TrainConfig, ranks: int = 1) -
     return PatchSampler(images, cfg.model.patch_size, cfg.patches_per_image, min_patches)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """A run's bookkeeping, carried from epoch to epoch and kept in every checkpoint (as a dict of plain
+    types, so a checkpoint loads with ``weights_only``; ``raeae.runs`` and ``raeae.release`` read it)."""
+
+    epoch: int = 0  # epochs done
+    history: tuple = ()  # each epoch's numeric metrics
+    best_score: float = -math.inf  # ranks epochs, higher is better: the validation PSNR or minus the self-supervised loss
+    best_epoch: int = 0
+    best_model: dict | None = None  # the best epoch's weights (rank 0)
+    stopped: str = ""  # why training ended, once it has: time budget, patience, epochs
+    resumed_at: tuple = ()  # epochs after which the run was resumed from a checkpoint
+    elapsed_s: float = 0.0  # wall seconds of the whole run, resumes included
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "history": list(self.history), "best_score": self.best_score,
+                "best_epoch": self.best_epoch, "best_model": self.best_model, "stopped": self.stopped,
+                "resumed_at": list(self.resumed_at), "elapsed_s": self.elapsed_s}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Progress":
+        return cls(epoch=int(d["epoch"]), history=tuple(d.get("history", ())),
+                   # checkpoints from before the score had its own name called it best_val_psnr
+                   best_score=float(d.get("best_score", d.get("best_val_psnr", -math.inf))),
+                   best_epoch=int(d.get("best_epoch", 0)), best_model=d.get("best_model"),
+                   stopped=d.get("stopped", ""), resumed_at=tuple(d.get("resumed_at", ())),
+                   elapsed_s=float(d.get("elapsed_s", 0.0)))
+
+
 class EpochTrainer:
-    """One worker's training state, with the loop cut into small named steps."""
+    """One worker's training state (model, optimiser, sampler, typed progress), with the loop cut into
+    small named steps: :meth:`resume`, :meth:`run_epoch`, :meth:`validate`, :meth:`advance`, :meth:`save`."""
 
     def __init__(self, cfg: TrainConfig, model, optimizer, sampler: PatchSampler, device: torch.device):
         self.cfg, self.model, self.optimizer, self.sampler, self.device = cfg, model, optimizer, sampler, device
+        self.progress = Progress()
         self.rank, self.world = world()
         # Same number of steps on every rank, or DDP's all-reduce waits forever on the longest one.
         self.batch = max(1, cfg.batch_size // self.world)
@@ -130,6 +161,50 @@ class EpochTrainer:
                 "samples_per_s": steps * self.batch * self.world / max(seconds, 1e-9)}
 
 
+    def resume(self) -> None:
+        """Load the latest checkpoint of this run into the model and optimiser, if Ray Train has one,
+        with its progress (a resume is recorded in it: a re-run, or Ray Train restarting failed workers)."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as d:
+            state = ckpt.read_checkpoint_dir(d)
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        progress = Progress.from_dict(state["progress"])
+        self.progress = replace(progress, resumed_at=(*progress.resumed_at, progress.epoch))
+
+    def validate(self, val: list[torch.Tensor], val_clean: list[torch.Tensor] | None) -> dict:
+        metrics = validate_epoch(self.model, val, self.cfg, self.device, val_clean)
+        if self.cfg.self_supervised:  # what --scheme auto chose, and the σ recorrupt used
+            metrics["recorrupt"] = int(self.cfg.scheme is Scheme.RECORRUPT)
+            if self.cfg.scheme is Scheme.RECORRUPT:
+                metrics["noise_sigma"] = self.cfg.noise_sigma
+        return metrics
+
+    def advance(self, metrics: dict, clock: "Clock", stop_cfg: TrainConfig) -> None:
+        """The epoch's bookkeeping, and the one collective decision whether to stop (``stop_cfg``: the
+        config as given, whose epochs and patience count)."""
+        progress = advance(self.progress, metrics, self.model)
+        self.progress = replace(progress, stopped=decide_stop(stop_cfg, progress, clock), elapsed_s=clock.elapsed())
+
+    def save(self, metrics: dict, cfg: TrainConfig) -> None:
+        """Every rank reports; rank 0 attaches the checkpoint (DDP weights are identical on all ranks)."""
+        import ray.train
+
+        if self.rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            state = ckpt.checkpoint_state(self.model, cfg.model, noise=cfg.noise.to_dict(), train_config=cfg.to_dict(),
+                                          metrics=metrics, optimizer=self.optimizer.state_dict(),
+                                          progress=self.progress.to_dict())
+            ckpt.save(state, d)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
 class Clock:
     """The run's time budget, counted over all its attempts: a resumed run goes on with what is left
     (``spent_s`` of wall time before this attempt, from the checkpoint), not a fresh budget."""
@@ -154,7 +229,7 @@ class Clock:
 STOP_REASONS = ("time budget", "patience", "epochs")
 
 
-def decide_stop(cfg: TrainConfig, progress: dict, clock: Clock) -> str:
+def decide_stop(cfg: TrainConfig, progress: Progress, clock: Clock) -> str:
     """Whether to stop after this epoch, and why: ONE collective decision, taken at the same point on
     every rank. Each rank contributes what it knows (its own clock; rank 0 alone validates and knows
     the patience count), and one all-reduce (max) of the flags gives every rank the same answer.
@@ -163,47 +238,13 @@ def decide_stop(cfg: TrainConfig, progress: dict, clock: Clock) -> str:
     rank = world()[0]
     flags = torch.tensor([float(clock.limited and clock.left() <= 0),
                           float(rank == 0 and cfg.patience > 0
-                                and progress["epoch"] - progress["best_epoch"] >= cfg.patience),
-                          float(cfg.epochs > 0 and progress["epoch"] >= cfg.epochs)], dtype=torch.float64)
+                                and progress.epoch - progress.best_epoch >= cfg.patience),
+                          float(cfg.epochs > 0 and progress.epoch >= cfg.epochs)], dtype=torch.float64)
     if world()[1] > 1:
         flags = flags.to(collective_device())
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     return next((why for why, flag in zip(STOP_REASONS, flags.tolist()) if flag > 0), "")
 
-
-def _resume_state(model, optimizer) -> dict:
-    """Load the latest checkpoint of this run, if Ray Train has one; returns its bookkeeping."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return {"epoch": 0, "history": [], "best_score": -math.inf, "best_epoch": 0, "best_model": None,
-                "stopped": "", "resumed_at": [], "elapsed_s": 0.0}
-    with checkpoint.as_directory() as d:
-        with open(os.path.join(d, ckpt.CHECKPOINT_FILE), "rb") as f:
-            state = ckpt.parse(f.read(), d)
-    module = unwrap(model)
-    module.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    progress = dict(state["progress"])
-    if "best_val_psnr" in progress:  # checkpoints from before the score had its own name
-        progress["best_score"] = progress.pop("best_val_psnr")
-    # A record of every resume (a re-run, or Ray Train restarting failed workers), for the history.
-    return {"elapsed_s": 0.0, **progress, "resumed_at": [*progress.get("resumed_at", []), progress["epoch"]]}
-
-
-def _save_and_report(model, optimizer, cfg: TrainConfig, progress: dict, metrics: dict) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (DDP weights are identical on all ranks)."""
-    import ray.train
-
-    if world()[0] != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as d:
-        state = ckpt.checkpoint_state(model, cfg.model, noise=cfg.noise.to_dict(), train_config=cfg.to_dict(),
-                                      metrics=metrics, optimizer=optimizer.state_dict(), progress=progress)
-        ckpt.save(state, d)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
 def _announce(queue, metrics: dict) -> None:
@@ -240,8 +281,9 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         model.init_output_bias(sampler.mean_patch())  # DDP then broadcasts rank 0's weights to all ranks
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    progress = _resume_state(model, optimizer)
-    model = ray.train.torch.prepare_model(model)
+    trainer = EpochTrainer(loss_cfg, model, optimizer, sampler, device)
+    trainer.resume()
+    trainer.model = ray.train.torch.prepare_model(model)  # DDP: wrapped once the weights are in place
     optimizer_to(optimizer, device)
     val, val_clean = [], None
     if world()[0] == 0:
@@ -250,40 +292,32 @@ def train_loop_per_worker(config: dict) -> None:
             val_clean = [torch.from_numpy(c.copy()).permute(2, 0, 1) for _, c in config["val_pairs"]]
         else:
             val = _tensors(source.validation(cfg.model.channels, storage))
-    trainer = EpochTrainer(loss_cfg, model, optimizer, sampler, device)
-    clock = Clock(cfg.budget_s, spent_s=progress["elapsed_s"])
+    clock = Clock(cfg.budget_s, spent_s=trainer.progress.elapsed_s)
     loop_s = 0.0
-    while not progress["stopped"]:
-        epoch = progress["epoch"] + 1
+    while not trainer.progress.stopped:
+        epoch = trainer.progress.epoch + 1
         stats = trainer.run_epoch(epoch, clock)
         loop_s += stats["epoch_s"]
-        metrics = {"epoch": epoch, **stats, **validate_epoch(model, val, loss_cfg, device, val_clean)}
-        if loss_cfg.self_supervised:  # what --scheme auto chose, and the σ recorrupt used
-            metrics["recorrupt"] = int(loss_cfg.scheme is Scheme.RECORRUPT)
-            if loss_cfg.scheme is Scheme.RECORRUPT:
-                metrics["noise_sigma"] = loss_cfg.noise_sigma
-        progress = advance(progress, metrics, model)
-        progress["stopped"] = decide_stop(cfg, progress, clock)
-        progress["elapsed_s"] = clock.elapsed()
-        metrics.update(best_score=progress["best_score"], best_epoch=progress["best_epoch"],
-                       train_loop_s=loop_s, elapsed_s=progress["elapsed_s"], stopped=progress["stopped"])
-        _save_and_report(model, optimizer, cfg, progress, metrics)
+        metrics = {"epoch": epoch, **stats, **trainer.validate(val, val_clean)}
+        trainer.advance(metrics, clock, cfg)
+        p = trainer.progress
+        metrics.update(best_score=p.best_score, best_epoch=p.best_epoch, train_loop_s=loop_s, elapsed_s=p.elapsed_s,
+                       stopped=p.stopped)
+        trainer.save(metrics, cfg)
         _announce(config.get("progress_queue"), metrics)
 
 
-def advance(progress: dict, metrics: dict, model) -> dict:
+def advance(progress: Progress, metrics: dict, model) -> Progress:
     """Bookkeeping after an epoch: history, and the best weights so far (rank 0 validates)."""
-    module = unwrap(model)
-    p = dict(progress)
-    p["epoch"] = metrics["epoch"]
-    p["history"] = [*progress["history"], {k: v for k, v in metrics.items() if isinstance(v, (int, float))}]
+    history = (*progress.history, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    progress = replace(progress, epoch=metrics["epoch"], history=history)
     # The score ranks epochs, higher is better: the validation PSNR, or minus the self-supervised loss when
     # no clean copy exists (a loss, never reported as a PSNR: the result's PSNRs come from the best epoch's metrics).
     score = metrics.get("val_psnr", -metrics.get("val_ss_loss", math.inf))
-    if world()[0] == 0 and score > p["best_score"]:
-        p["best_score"], p["best_epoch"] = score, metrics["epoch"]
-        p["best_model"] = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-    return p
+    if world()[0] == 0 and score > progress.best_score:
+        best = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+        progress = replace(progress, best_score=score, best_epoch=metrics["epoch"], best_model=best)
+    return progress
 
 
 def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -28,7 +28,7 @@ from raeae.model import ModelConfig, describe_network
 from raeae.runs import choose_run, write_record
 from raeae.storage import list_images, resolve, write_bytes
 from raeae.train_config import TrainConfig, budget_text
-from raeae.train_loop import train_loop_per_worker
+from raeae.train_loop import Progress, train_loop_per_worker
 
 
 @dataclass(frozen=True)
@@ -245,20 +245,19 @@ def train(cfg: TrainConfig, verbose: bool = False) -> TrainResult:
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint ({result.error})")
     with result.checkpoint.as_directory() as d:
-        with open(os.path.join(d, ckpt.CHECKPOINT_FILE), "rb") as f:
-            state = ckpt.parse(f.read(), d)
+        state = ckpt.read_checkpoint_dir(d)
     return _export_best(cfg, state, fit_s, run.name, start_epoch=run.epoch)
 
 
 def _export_best(cfg: TrainConfig, state: dict, fit_s: float, run_name: str, start_epoch: int) -> TrainResult:
     """Write a slim checkpoint (best weights, no optimizer) to ``cfg.output``."""
-    progress = state["progress"]
-    best_epoch = progress["best_epoch"]
-    best = next((h for h in progress["history"] if h["epoch"] == best_epoch), state["metrics"])
+    progress = Progress.from_dict(state["progress"])
+    history = list(progress.history)
+    best = next((h for h in history if h["epoch"] == progress.best_epoch), state["metrics"])
     slim = {k: v for k, v in state.items() if k not in ("optimizer", "progress")}
-    slim["model"] = progress["best_model"] or state["model"]
+    slim["model"] = progress.best_model or state["model"]
     slim["metrics"] = best
-    slim["history"] = progress["history"]
+    slim["history"] = history
     slim["inference"] = {"stride": cfg.val_stride}
     buf_dir = tempfile.mkdtemp()
     local = ckpt.save(slim, buf_dir)
@@ -267,10 +266,9 @@ def _export_best(cfg: TrainConfig, state: dict, fit_s: float, run_name: str, sta
         write_bytes(fs, f"{path}/{ckpt.CHECKPOINT_FILE}", f.read())
     shutil.rmtree(buf_dir, ignore_errors=True)
     loop_s = float(state["metrics"].get("train_loop_s", 0.0))
-    before = next((h.get("elapsed_s", 0.0) for h in progress["history"] if h["epoch"] == start_epoch), 0.0)
+    before = next((h.get("elapsed_s", 0.0) for h in history if h["epoch"] == start_epoch), 0.0)
     return TrainResult(checkpoint_uri=cfg.output, metrics=state["metrics"], best_val_psnr=best.get("val_psnr", math.nan),
-                       best_val_psnr_noisy=best.get("val_psnr_noisy", math.nan), best_epoch=best_epoch,
-                       fit_s=fit_s, loop_s=loop_s, history=progress["history"],
-                       resumed_at=list(progress.get("resumed_at", [])), run_name=run_name,
-                       stopped=progress.get("stopped", ""), epochs_trained=progress["epoch"] - start_epoch,
-                       minutes_trained=(progress.get("elapsed_s", 0.0) - before) / 60)
+                       best_val_psnr_noisy=best.get("val_psnr_noisy", math.nan), best_epoch=progress.best_epoch,
+                       fit_s=fit_s, loop_s=loop_s, history=history, resumed_at=list(progress.resumed_at),
+                       run_name=run_name, stopped=progress.stopped, epochs_trained=progress.epoch - start_epoch,
+                       minutes_trained=(progress.elapsed_s - before) / 60)

@@ -11,9 +11,9 @@ import torch
 from raeae.corrupt import blind_spot, recorrupt
 from raeae.model import ModelConfig, build_model
 from raeae.train_config import TrainConfig
-from raeae.train_loop import Clock, advance, decide_stop
+from raeae.train_loop import Clock, Progress, advance, decide_stop
 
-START = {"epoch": 0, "history": [], "best_score": -math.inf, "best_epoch": 0, "best_model": None}
+START = Progress()
 
 
 def test_the_clock_counts_the_whole_run_resumes_included():
@@ -26,28 +26,28 @@ def test_the_clock_counts_the_whole_run_resumes_included():
 def test_stopping_is_one_decision_with_its_reason():
     cfg = TrainConfig(data="x", output="y", epochs=3, max_minutes=0, patience=2)
     running = Clock(math.inf)
-    assert decide_stop(cfg, {"epoch": 1, "best_epoch": 1}, running) == ""
-    assert decide_stop(cfg, {"epoch": 3, "best_epoch": 3}, running) == "epochs"
-    assert decide_stop(cfg, {"epoch": 2, "best_epoch": 0}, running) == "patience"  # two epochs with nothing better
+    assert decide_stop(cfg, Progress(epoch=1, best_epoch=1), running) == ""
+    assert decide_stop(cfg, Progress(epoch=3, best_epoch=3), running) == "epochs"
+    assert decide_stop(cfg, Progress(epoch=2, best_epoch=0), running) == "patience"  # two epochs with nothing better
     timed = TrainConfig(data="x", output="y", epochs=0, max_minutes=1.0)
-    assert decide_stop(timed, {"epoch": 1, "best_epoch": 1}, Clock(60.0, spent_s=61.0)) == "time budget"
-    assert decide_stop(timed, {"epoch": 1, "best_epoch": 1}, Clock(60.0)) == ""
+    assert decide_stop(timed, Progress(epoch=1, best_epoch=1), Clock(60.0, spent_s=61.0)) == "time budget"
+    assert decide_stop(timed, Progress(epoch=1, best_epoch=1), Clock(60.0)) == ""
 
 
 def test_an_epoch_is_recorded_and_the_best_weights_kept():
     model = build_model(ModelConfig(patch_size=4, hidden=(8,), latent=4, decoder_hidden=(8,)))
     p1 = advance(START, {"epoch": 1, "train_loss": 0.1, "val_psnr": 25.0, "note": "text is not history"}, model)
-    assert p1["epoch"] == 1 and p1["best_epoch"] == 1 and p1["best_score"] == 25.0
-    assert p1["history"] == [{"epoch": 1, "train_loss": 0.1, "val_psnr": 25.0}]
-    kept = p1["best_model"]["encoder.0.weight"].clone()
+    assert p1.epoch == 1 and p1.best_epoch == 1 and p1.best_score == 25.0
+    assert p1.history == ({"epoch": 1, "train_loss": 0.1, "val_psnr": 25.0},)
+    kept = p1.best_model["encoder.0.weight"].clone()
     with torch.no_grad():
         model.encoder[0].weight.add_(1.0)
     p2 = advance(p1, {"epoch": 2, "train_loss": 0.09, "val_psnr": 24.0}, model)  # worse: the best stays
-    assert p2["best_epoch"] == 1 and torch.equal(p2["best_model"]["encoder.0.weight"], kept)
+    assert p2.best_epoch == 1 and torch.equal(p2.best_model["encoder.0.weight"], kept)
     p3 = advance(p2, {"epoch": 3, "val_ss_loss": 0.5}, model)  # a loss ranks as minus itself, not as a PSNR
-    assert p3["best_epoch"] == 1 and len(p3["history"]) == 3
+    assert p3.best_epoch == 1 and len(p3.history) == 3
     ss = advance(START, {"epoch": 1, "val_ss_loss": 0.5}, model)
-    assert ss["best_score"] == -0.5 and advance(ss, {"epoch": 2, "val_ss_loss": 0.4}, model)["best_epoch"] == 2
+    assert ss.best_score == -0.5 and advance(ss, {"epoch": 2, "val_ss_loss": 0.4}, model).best_epoch == 2
 
 
 def test_self_supervised_pairs():
@@ -66,3 +66,12 @@ def test_the_clock_moves():
     before = clock.elapsed()
     time.sleep(0.01)
     assert clock.elapsed() > before
+
+
+def test_progress_round_trips_through_a_checkpoint_dict_and_reads_old_ones():
+    p = Progress(epoch=3, history=({"epoch": 1},), best_score=27.5, best_epoch=2, stopped="epochs", resumed_at=(1,),
+                 elapsed_s=12.0)
+    assert Progress.from_dict(p.to_dict()) == p
+    old = {"epoch": 2, "history": [], "best_val_psnr": 26.0, "best_epoch": 2, "best_model": None, "stopped": "",
+           "resumed_at": [], "elapsed_s": 3.0}  # written before the score had its own name
+    assert Progress.from_dict(old).best_score == 26.0
