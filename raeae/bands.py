@@ -20,7 +20,7 @@ import numpy as np
 BAND_PIXELS = 4_000_000
 # What the noise level and the damage are judged on for a large image: a central crop of at most this many
 # pixels (the estimates are medians over blocks, settled long before that).
-SAMPLE_PIXELS = 16_000_000
+SAMPLE_PIXELS = 4_000_000
 GRID = 16  # bands and samples start on multiples of this (a JPEG's 16-pixel colour grid keeps its phase)
 
 
