@@ -135,7 +135,8 @@ def decode_batch(batch: pa.Table, input_uri: str, storage: StorageConfig, max_pi
     data = _read_all(fs, [item["path"] for item in items])
     read_s = (time.perf_counter() - t0) / max(1, len(items))  # the reads overlap: each row gets an equal share
     rows = []
-    for item, raw in zip(items, data):
+    for i, item in enumerate(items):
+        raw, data[i] = data[i], None  # each file's bytes go once decoded (a scan's are hundreds of MB)
         t0 = time.perf_counter()
         row = {"path": item["path"], "size": item["size"], "mtime": item["mtime"], "pixels": None,
                "height": None, "width": None, "depth": None, "bits": None, "source_mode": None, "icc_profile": None,
@@ -151,6 +152,7 @@ def decode_batch(batch: pa.Table, input_uri: str, storage: StorageConfig, max_pi
                 row.update(icc_profile=info.icc_profile, exif=info.exif, dpi=info.dpi)
         except Exception as exc:  # noqa: BLE001 - one bad file is one error row, never a dead job
             row["error"] = _error_text(exc)
+        del raw
         row["decode_s"] = read_s + time.perf_counter() - t0
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=DECODED)
