@@ -306,7 +306,14 @@ def pick_model(models: list[DenseAutoencoder], image: np.ndarray, jpeg: bool = F
     return next((m for m in pool if m.config.channels == want), pool[0])
 
 
-def restore_image(model: DenseAutoencoder, image: np.ndarray, stride: int | None = None) -> np.ndarray:
+def restore_image(model: DenseAutoencoder, image: np.ndarray, stride: int | None = None,
+                  jpeg: JpegFinding | None = None) -> np.ndarray:
     """Public API: a uint8 (or uint16, 16 bits a channel) numpy image of any size in, the restored image of the same
-    shape and type out."""
-    return restore_array(model, image, stride=stride)
+    shape and type out. A model told the JPEG damage (``builtin:jpeg``) is told ``jpeg``, or what the
+    image's own blocks show (:func:`raeae.jpeg.estimate_jpeg`)."""
+    if jpeg is None and model.config.jpeg_input and image.dtype == np.uint8:
+        from raeae.bands import sample
+        from raeae.jpeg import estimate_jpeg
+
+        jpeg = estimate_jpeg(sample(split_alpha(image)[0]))
+    return restore_array(model, image, stride=stride, jpeg=jpeg)
