@@ -79,8 +79,10 @@ release runs/release8 color ../shared/data/cbsd68 \
 # from exactly builtin:color) and fine-tuned for 80 minutes on 2 CPUs on CBSD432: each image, each epoch,
 # flipped or rotated, made gray for a quarter of them, given Gaussian noise of σ 5-30 for half of them,
 # then saved as a JPEG at a quality drawn from 10-95 (raeae.damaged_patches); lr 2e-4 with cosine decay,
-# bf16. One colour model restores gray JPEGs too (through its luma plane). (The run itself wrote to
-# runs/release9/color-jpeg, a folder renamed before packaging; the command here names the folder release()
-# packages.)
+# bf16. One colour model restores gray JPEGs too (through its luma plane). Ran at commit c793e76 (101 epochs;
+# at epoch 35 a test run killed its worker and it resumed under the same --run-name at 202fd1f, the same
+# loop cut into modules); CBSD68 told each file's quality: q10/20/40/75 +0.95/+0.86/+0.82/+0.70 dB. (The run
+# wrote to runs/release9/color-jpeg, a folder renamed before packaging; the command here names the folder
+# release() packages.)
 release runs/release9 jpeg ../shared/data/cbsd68 \
     ".venv/bin/raeae train --data ../shared/data/cbsd432 --output runs/release9/jpeg --channels 3 --color opponent --init builtin:color --noise jpeg --sigma 5 --sigma-max 30 --quality 10 --quality-max 95 --lr 2e-4 --max-minutes 80 --val-fraction 0.02 --storage-path runs/release9/ray --run-name release-color-jpeg-1"
