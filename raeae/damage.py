@@ -30,6 +30,10 @@ import numpy as np
 # Damage is judged on images at least this big (a JPEG histogram needs 16 blocks of 8×8, and a few
 # hundred pixels say little about impulses).
 MIN_SIDE = 32
+# A decoded copy is searched for JPEG damage from this side up (a JPEG file's own tables are read at any
+# size): smaller images hold too few blocks to tell quantisation from chance cheaply, and the search
+# would cost more than their restoration (bench/RESULTS.md, "What detection costs").
+MIN_SIDE_JPEG_SEARCH = 128
 # A stated JPEG table weaker than quality 95's leaves next to nothing to undo: such a file is noise.
 WEAKEST_JPEG_SCALE = 0.1
 
@@ -112,13 +116,17 @@ def _judgeable(image: np.ndarray) -> bool:
     return min(image.shape[:2]) >= MIN_SIDE and int(image.max()) != int(image.min())
 
 
-def _impulses_stand_out(x, sigma: float) -> tuple[float, bool]:
-    """The share of impulse values and whether it is more than Gaussian noise of ``sigma`` (in [0, 1]
-    units) would clip: a pixel clipped by such noise stands out by more than ``STANDS_OUT_DECIDE`` at
-    most Φ(-that/σ) of the time."""
+def _impulses_stand_out(x) -> tuple[float, bool]:
+    """The share of impulse values and whether it is more than Gaussian noise of the image's level would
+    clip: a pixel clipped by noise of std σ stands out by more than ``STANDS_OUT_DECIDE`` at most
+    Φ(-that/σ) of the time. The noise level is estimated only when the share could matter."""
+    from raeae.corrupt import noise_level
     from raeae.impulses import IMPULSE_IMAGE_SHARE, STANDS_OUT_DECIDE, impulse_mask
 
     share = float(impulse_mask(x, STANDS_OUT_DECIDE).float().mean())
+    if share <= IMPULSE_IMAGE_SHARE:
+        return share, False
+    sigma = noise_level(x)
     clipped = 0.5 * math.erfc(STANDS_OUT_DECIDE / max(sigma, 1e-6) / math.sqrt(2)) if sigma > 0 else 0.0
     return share, share > IMPULSE_IMAGE_SHARE + 2 * clipped
 
@@ -128,7 +136,6 @@ def detect(image: np.ndarray, stated_jpeg_scale: float | None = None) -> Damage:
     rest), then JPEG (the file's own tables when it states them, else a decoded copy's blocks), else
     noise. ``stated_jpeg_scale`` is what the file's tables say (:func:`raeae.jpeg.stated_scale`)."""
     from raeae.bands import sample
-    from raeae.corrupt import noise_level
     from raeae.images import split_alpha
     from raeae.inference import to_tensor
     from raeae.jpeg import estimate_jpeg
@@ -136,15 +143,17 @@ def detect(image: np.ndarray, stated_jpeg_scale: float | None = None) -> Damage:
     colour = sample(split_alpha(image)[0])  # a large scan is judged on a central crop (bounded memory)
     if not _judgeable(colour):
         return Damage(Kind.UNKNOWN)
-    x = to_tensor(colour)
-    share, impulsive = _impulses_stand_out(x, noise_level(x))
+    top = np.iinfo(colour.dtype).max
+    extremes = np.count_nonzero(colour == 0) + np.count_nonzero(colour == top)
+    # no value at black or white: no impulse (most images; the neighbourhood test is then skipped)
+    share, impulsive = _impulses_stand_out(to_tensor(colour)) if extremes else (0.0, False)
     if impulsive:
         return Damage(Kind.IMPULSE, impulse_share=share)
     if stated_jpeg_scale is not None:
         if stated_jpeg_scale >= WEAKEST_JPEG_SCALE:
             return Damage(Kind.JPEG, Source.FILE, jpeg_scale=stated_jpeg_scale, impulse_share=share)
         return Damage(Kind.NOISE, Source.FILE, impulse_share=share)
-    if colour.dtype == np.uint8:  # JPEG is an 8-bit format: a 16-bit image was never one
+    if colour.dtype == np.uint8 and min(colour.shape[:2]) >= MIN_SIDE_JPEG_SEARCH:  # JPEG is an 8-bit format
         found = estimate_jpeg(colour)
         if found.scale > 0:
             return Damage(Kind.JPEG, jpeg_scale=found.scale, jpeg_offset=found.offset, impulse_share=share)

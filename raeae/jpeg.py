@@ -159,7 +159,7 @@ def _corners(y: np.ndarray, offset: tuple[int, int], limit: int, rng: np.random.
     return np.stack([pick // cols * BLOCK + offset[0], pick % cols * BLOCK + offset[1]], axis=1)
 
 
-def _misfits(coef: np.ndarray, steps: np.ndarray) -> np.ndarray:
+def _misfits(coef: np.ndarray, steps: np.ndarray, min_count: int = 50) -> np.ndarray:
     """How far coefficients ``(..., blocks, probes)`` lie from multiples of each row of ``steps``
     ``(tables, probes)``: per table ``(..., tables)``, the mean distance in steps over the coefficients that quantisation
     did not set to zero (0 for exact multiples, ~0.25 for none; 1 where too few are left to tell)."""
@@ -167,7 +167,7 @@ def _misfits(coef: np.ndarray, steps: np.ndarray) -> np.ndarray:
     keep = np.abs(r) > 0.5
     dist = (np.abs(r - np.rint(r)) * keep).sum(axis=(-2, -1))
     count = keep.sum(axis=(-2, -1))
-    return np.where(count >= 50, dist / np.maximum(count, 1), 1.0)
+    return np.where(count >= min_count, dist / np.maximum(count, 1), 1.0)
 
 
 # Scales tried, from strong to weak: quality 5 to 90. Weaker JPEG (steps under 4 on the probes) leaves
@@ -176,8 +176,13 @@ _SCALES = np.array([ijg_scale(q) for q in range(5, 91)])
 _PROBE_STEPS = np.maximum(1.0, np.floor((np.array([[IJG_LUMA[u, v] for u, v in _PROBES]]) * _SCALES[:, None] * 100.0
                                          + 50.0) / 100.0))
 _TRIED = _PROBE_STEPS.min(axis=1) >= 4
-# The distinct probe steps among them (neighbouring qualities often round to the same steps), for the grid search
-_SEARCH_STEPS = np.unique(_PROBE_STEPS[_TRIED], axis=0)
+# The grid search tests two probes, (0, 1) and (1, 0), at their distinct steps (a few times less work
+# than every table on every probe: that search took ~20 ms on a 180×180 image): the offset where their
+# coefficients fit some table best; the table is then found at that offset on all five probes. A flat
+# image keeps few non-zero coefficients at the true offset, where chance offsets keep many: a low count
+# lets the true one take part.
+_SEARCH_STEPS = np.unique(_PROBE_STEPS[_TRIED][:, :2], axis=0)
+SEARCH_MIN_COUNT = 8
 FIT = 0.12  # misfit below which coefficients are taken as quantised: decoded JPEGs measure ~0.02-0.09,
 # unquantised coefficients ~0.25, and a table of twice the true steps ~0.13 or more
 TIE = 0.02  # fits within this of the best are as good: the strongest of them is the table
@@ -198,7 +203,8 @@ def estimate_jpeg(image: np.ndarray, offset: tuple[int, int] | None = None, seed
     if offset is None:  # the same sample of blocks moved to each of the 64 offsets, all at once
         shifts = np.array([(a, b) for a in range(BLOCK) for b in range(BLOCK)])
         base = _corners(y[:-BLOCK, :-BLOCK], (0, 0), SEARCH_BLOCKS, rng)
-        fits = _misfits(_coefficients(y, base[None] + shifts[:, None]), _SEARCH_STEPS)  # (64, tables)
+        fits = _misfits(_coefficients(y, base[None] + shifts[:, None])[..., :2], _SEARCH_STEPS,
+                        SEARCH_MIN_COUNT)  # (64, tables)
         offset = tuple(int(v) for v in shifts[int(fits.min(axis=1).argmin())])
     fits = _misfits(_coefficients(y, _corners(y, offset, MAX_BLOCKS, rng)), steps)
     if fits.min() >= FIT:
