@@ -248,7 +248,7 @@ def decide_stop(cfg: TrainConfig, progress: Progress, clock: Clock) -> str:
 
 
 def _announce(queue, metrics: dict) -> None:
-    """Hand rank 0's epoch metrics to the driver, which prints one line per epoch."""
+    """Hand rank 0's epoch metrics to the driver, which prints their lines (:class:`raeae.training.EpochPrinter`)."""
     if queue is None or world()[0] != 0:
         return
     try:
