@@ -221,7 +221,8 @@ class ModelStage:
         row.update(damage=damage.kind.value, damage_source=damage.source.value, jpeg_quality=damage.jpeg_quality,
                    impulse_share=damage.impulse_share)
         if damage.kind is Kind.IMPULSE:
-            image = join_alpha(fill_impulses(split_alpha(image)[0]), split_alpha(image)[1])
+            colour, alpha = split_alpha(image)
+            image = join_alpha(fill_impulses(colour), alpha)
         return image, damage
 
     def __call__(self, batch: pa.Table) -> pa.Table:
