@@ -62,7 +62,7 @@ def restore_large(restore, model, image: np.ndarray, stride: int, sigma: float |
     from raeae.jpeg import BLOCK, JpegFinding
 
     out = np.empty_like(image)
-    for y0, y1, top, bottom in bands(image.shape[0], image.shape[1], model.config.patch_size, stride):
+    for y0, y1, top, bottom in bands(image.shape[0], image.shape[1], model.config.side, stride):
         moved = None if finding is None else JpegFinding(finding.scale, ((finding.offset[0] - top) % BLOCK,
                                                                           finding.offset[1]))
         restored = restore(model, image[top:bottom], sigma, moved)

@@ -32,7 +32,8 @@ DAMAGE_THREADS = min(4, os.cpu_count() or 1)
 
 @dataclass(frozen=True)
 class DamagedEpoch:
-    """One epoch of training pairs: clean and damaged patches ``(N, C, p, p)`` uint8, each patch's noise
+    """One epoch of training pairs: clean patches ``(N, C, p, p)`` and the damaged ones the model sees,
+    with its margin ``(N, C, p+2m, p+2m)``, uint8; each patch's noise
     level as restore estimates it (``(N,)``, [0, 1] units) and its JPEG context ``(N, JPEG_INPUTS)``."""
 
     clean: torch.Tensor
@@ -57,12 +58,13 @@ class DamagedPatchSampler:
     """Draws aligned patch pairs from whole images damaged afresh every epoch (see the module docstring)."""
 
     def __init__(self, images: list[torch.Tensor], patch: int, noise: NoiseConfig, augment: bool = True,
-                 patches_per_image: int = 0, min_patches: int = 0):
+                 patches_per_image: int = 0, min_patches: int = 0, margin: int = 0):
         if not images:
             raise ValueError("no training images")
-        # uint8 H×W×C arrays, at least one patch (and one JPEG block) in each direction
-        self.images = [pad_to_patch(img, max(patch, 16)).permute(1, 2, 0).numpy() for img in images]
-        self.patch, self.noise, self.augment = patch, noise, augment
+        # uint8 H×W×C arrays, at least one patch with its margins (and one JPEG block) in each direction
+        need = -(-margin // PHASE_STEP) * PHASE_STEP + patch + margin  # the first patch on the grid whose margin fits
+        self.images = [pad_to_patch(img, max(need, 16)).permute(1, 2, 0).numpy() for img in images]
+        self.patch, self.noise, self.augment, self.margin = patch, noise, augment, margin
         self.patches_per_image = patches_per_image
         self.min_per_image = -(-min_patches // len(images))
 
@@ -107,16 +109,18 @@ class DamagedPatchSampler:
         rngs = [np.random.default_rng(s) for s in seeds]  # one per image: the same epoch in any thread order
         with ThreadPoolExecutor(DAMAGE_THREADS) as pool:  # Pillow's codec and numpy release the GIL
             done = list(pool.map(self._damage, self.images, rngs))
-        p = self.patch
+        p, m = self.patch, self.margin
         clean, damaged, levels, contexts = [], [], [], []
         for image, rng, (c, d, level, scale) in zip(self.images, rngs, done):
             k = self.per_image(image)
             h, w = c.shape[:2]
-            ys = torch.from_numpy(rng.integers(0, (h - p) // PHASE_STEP + 1, k) * PHASE_STEP)
-            xs = torch.from_numpy(rng.integers(0, (w - p) // PHASE_STEP + 1, k) * PHASE_STEP)
-            for src, out in ((c, clean), (d, damaged)):
+            # the patches' corners on restore's tile grid (multiples of PHASE_STEP), each with its margin inside the image
+            first = -(-m // PHASE_STEP)
+            ys = torch.from_numpy(rng.integers(first, max(first, (h - p - m) // PHASE_STEP) + 1, k) * PHASE_STEP)
+            xs = torch.from_numpy(rng.integers(first, max(first, (w - p - m) // PHASE_STEP) + 1, k) * PHASE_STEP)
+            for src, out, off, side in ((c, clean, 0, p), (d, damaged, m, p + 2 * m)):
                 t = torch.from_numpy(src).permute(2, 0, 1)
-                out.append(t.unfold(1, p, 1).unfold(2, p, 1)[:, ys, xs].permute(1, 0, 2, 3))
+                out.append(t.unfold(1, side, 1).unfold(2, side, 1)[:, ys - off, xs - off].permute(1, 0, 2, 3))
             levels.append(torch.full((k,), level))
             contexts.append(context(scale, ys, xs))
         order = torch.randperm(sum(len(x) for x in levels), generator=gen)

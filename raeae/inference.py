@@ -211,11 +211,11 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
         pack.clear()
 
     for i, (batch, image_stride, _, scale) in enumerate(layouts):
-        grid = TileGrid.of(batch, cfg.patch_size, image_stride)
+        grid = TileGrid.of(batch, cfg.patch_size, image_stride, cfg.margin)
         if (ensemble and scale == 0) or grid.count > pack_tiles:
             def one(b: torch.Tensor, i=i, s=image_stride) -> torch.Tensor:
                 return restore_tiles(lambda t, ys, xs: fn(t, levels[i], contexts(i, ys, xs)), b, cfg.patch_size,
-                                     s, batch_size=tiles_per_pass, blend=blend, positions=True)
+                                     s, batch_size=tiles_per_pass, blend=blend, positions=True, margin=cfg.margin)
             views = list(_dihedral_views(batch)) if ensemble and scale == 0 else [(lambda t: t, lambda t: t)]
             out = sum(inv(one(fwd(batch))) for fwd, inv in views) / len(views)
             results[i] = finish(i, out)

@@ -110,6 +110,12 @@ def validation_text(metrics: dict) -> str:
     return "none recorded"
 
 
+def _tiles(model_config: dict) -> str:
+    """``13x13 tiles``, and what a model with a margin sees of each: ``13x13 tiles, each seen in 21x21``."""
+    p, m = model_config["patch_size"], model_config.get("margin", 0)
+    return f"{p}x{p} tiles" + (f", each seen in {p + 2 * m}x{p + 2 * m}" if m else "")
+
+
 def info_lines(d: dict) -> list[str]:
     """The human-readable description of one model (:func:`describe`)."""
     h = d["header"]
@@ -119,7 +125,7 @@ def info_lines(d: dict) -> list[str]:
              f"  learned     {learned_text(h)}",
              f"  trained     {training_text(h, d['model'])}",
              f"  validation  {validation_text(h.get('metrics', {}))}",
-             f"  restores    in {h['model_config']['patch_size']}x{h['model_config']['patch_size']} tiles at stride {d['stride']}"]
+             f"  restores    in {_tiles(h['model_config'])} at stride {d['stride']}"]
     prov = h.get("provenance", {})
     if prov.get("psnr_db"):
         scores = ", ".join(f"σ={s} {v['noisy']:.2f} -> {v['model']:.2f} dB" for s, v in prov["psnr_db"].items())

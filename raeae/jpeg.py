@@ -84,7 +84,7 @@ def compress(image: np.ndarray, quality: int) -> np.ndarray:
     for colour, as Pillow saves by default) and decoded again."""
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=int(quality))
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L" if image.ndim == 2 else "RGB"))
+    return np.array(Image.open(io.BytesIO(buf.getvalue())).convert("L" if image.ndim == 2 else "RGB"))
 
 
 def context(scale: "float | torch.Tensor", ys: "torch.Tensor", xs: "torch.Tensor") -> "torch.Tensor":

@@ -103,18 +103,36 @@ class ModelConfig:
                 "JPEG). Restore reads the strength from a JPEG's own tables, or finds it in a decoded copy, and "
                 "lays tiles at stride 4 on the block grid"})
 
+    margin: int = field(default=0, metadata={
+        "help": "pixels of context on each side of a patch that the network sees but does not restore: it takes "
+                "(p+2m)×(p+2m) pixels and returns the p×p inside, so pixels near a tile's edge are restored from "
+                "what lies past it (as Burger et al.'s 39→17 MLP). 0: a tile restores itself. With --init from a "
+                "model with less, the new inputs start at zero weight, so training starts from what it restores"})
+
     def __post_init__(self) -> None:
         if self.patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
         if self.latent < 1 or any(w < 1 for w in (*self.hidden, *self.decoder_hidden)):
             raise ValueError("layer widths must be >= 1")
 
     @property
     def features(self) -> int:
-        """Values per flattened patch the model takes and returns: p·p·c."""
+        """Values per flattened patch the model returns: p·p·c."""
         return self.patch_size * self.patch_size * self.channels
+
+    @property
+    def side(self) -> int:
+        """Side of the square the model sees: the patch and its margin on each side, p + 2m."""
+        return self.patch_size + 2 * self.margin
+
+    @property
+    def in_features(self) -> int:
+        """Values per flattened patch the model takes: (p+2m)²·c (``features`` when there is no margin)."""
+        return self.side * self.side * self.channels
 
     @property
     def planes(self) -> bool:
@@ -128,8 +146,13 @@ class ModelConfig:
 
     @property
     def net_features(self) -> int:
-        """Width of the network's first and last layer: one plane in opponent mode, else ``features``."""
+        """Width of the network's last layer: one plane in opponent mode, else ``features``."""
         return self.patch_size * self.patch_size if self.planes else self.features
+
+    @property
+    def net_in_features(self) -> int:
+        """Pixels into the network's first layer: one plane with its margin in opponent mode, else ``in_features``."""
+        return self.side * self.side if self.planes else self.in_features
 
     def to_dict(self) -> dict:
         """Plain types only, so a checkpoint loads with ``torch.load(weights_only=True)``."""
@@ -156,6 +179,7 @@ class ModelConfig:
             color=ColorMode(d.get("color", ColorMode.JOINT.value)),
             noise_input=bool(d.get("noise_input", False)),  # checkpoints from before it had none
             jpeg_input=bool(d.get("jpeg_input", False)),
+            margin=int(d.get("margin", 0)),  # checkpoints from before margins had none
         )
 
     @property
@@ -230,7 +254,7 @@ class DenseAutoencoder(nn.Module):
         super().__init__()
         self.config = config
         n = config.net_features
-        self.encoder = nn.Sequential(*_mlp([n + config.extra_inputs, *config.hidden, config.latent],
+        self.encoder = nn.Sequential(*_mlp([config.net_in_features + config.extra_inputs, *config.hidden, config.latent],
                                            config.activation))
         self.decoder = nn.Sequential(*_mlp([config.latent, *config.decoder_hidden], config.activation),
                                      OutputLinear(([config.latent, *config.decoder_hidden])[-1], n))
@@ -251,6 +275,8 @@ class DenseAutoencoder(nn.Module):
         if self.config.residual or self.config.planes:
             return
         bias = self.decoder[-1].bias
+        if mean_patch.shape[-1] == self.config.side:  # a patch with its margin: its inside is what is restored
+            mean_patch = self.center(mean_patch.reshape(1, -1))
         m = mean_patch.reshape(-1).to(bias)
         bias.copy_(torch.logit(m.clamp(0.01, 0.99)) if self.sigmoid_head else m)
 
@@ -293,10 +319,18 @@ class DenseAutoencoder(nn.Module):
             return self._forward_planes(x, level, jpeg)
         return self._restore(x, self.logits(x, level, jpeg)) if not logits else self.logits(x, level, jpeg)
 
+    def center(self, x: torch.Tensor) -> torch.Tensor:
+        """The p×p patches inside flattened inputs with a margin, ``(N, C·(p+2m)²)`` -> ``(N, C·p²)``, C
+        the channels the rows hold (1 for opponent-colour planes); ``x`` itself without a margin."""
+        m, p, side = self.config.margin, self.config.patch_size, self.config.side
+        if m == 0:
+            return x
+        return x.reshape(x.shape[0], -1, side, side)[:, :, m:m + p, m:m + p].reshape(x.shape[0], -1)
+
     def _restore(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The network's raw values ``z`` for input ``x`` as restored values."""
         if self.config.residual:
-            return x - z
+            return self.center(x) - z
         if self.config.head is Head.SIGMOID:
             return torch.sigmoid(z)
         return z
@@ -304,11 +338,11 @@ class DenseAutoencoder(nn.Module):
     def _forward_planes(self, x: torch.Tensor, level: torch.Tensor | float | None,
                         jpeg: torch.Tensor | None = None) -> torch.Tensor:
         """RGB patches -> luma/chroma planes -> the shared network on each plane -> RGB patches."""
-        n, pp = x.shape[0], self.config.patch_size ** 2
+        n, pp, seen = x.shape[0], self.config.patch_size ** 2, self.config.side ** 2
         exact = torch.autocast(x.device.type, enabled=False)  # the colour transform stays float32 under autocast
         with exact:
-            planes = torch.einsum("pc,ncx->npx", self.to_planes, x.float().reshape(n, 3, pp)) + self.plane_offset
-        flat = planes.reshape(n * 3, pp)
+            planes = torch.einsum("pc,ncx->npx", self.to_planes, x.float().reshape(n, 3, seen)) + self.plane_offset
+        flat = planes.reshape(n * 3, seen)
         if self.config.noise_input and level is not None:  # each plane's own noise std, rows n-major
             level = (torch.as_tensor(level, device=x.device).float().expand(n).reshape(n, 1) * self.plane_gain).reshape(-1)
         if jpeg is not None:  # every plane of a tile has the tile's JPEG context
@@ -324,7 +358,7 @@ def describe_network(m: ModelConfig) -> str:
     ``169+σ->[1024]->512->[1024]->169 on each of 3 opponent colour planes (1,398,441 parameters)``."""
     planes = " on each of 3 opponent colour planes" if m.planes else ""
     told = ("+σ" if m.noise_input else "") + (f"+{JPEG_INPUTS} JPEG" if m.jpeg_input else "")  # inputs besides pixels
-    return (f"{m.net_features}{told}->{list(m.hidden)}->{m.latent}->{list(m.decoder_hidden)}->{m.net_features}"
+    return (f"{m.net_in_features}{told}->{list(m.hidden)}->{m.latent}->{list(m.decoder_hidden)}->{m.net_features}"
             f"{planes} ({parameter_count(build_model(m)):,} parameters)")
 
 

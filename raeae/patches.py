@@ -105,17 +105,19 @@ def _padded_size(n: int, patch: int, stride: int) -> int:
 @dataclass(frozen=True)
 class TileGrid:
     """Where the overlapping p×p tiles of a ``(B, C, H, W)`` batch lie: the batch is replicate-padded
-    on the bottom/right to ``(hp, wp)`` so the grid covers it exactly, whatever its size."""
+    on the bottom/right to ``(hp, wp)`` so the grid covers it exactly, whatever its size. A model with
+    a ``margin`` sees each tile with that many pixels around it (replicated past the image's edges)."""
 
     shape: tuple[int, int, int, int]
     patch: int
     stride: int
+    margin: int = 0
 
     @classmethod
-    def of(cls, image: torch.Tensor, patch: int, stride: int) -> "TileGrid":
+    def of(cls, image: torch.Tensor, patch: int, stride: int, margin: int = 0) -> "TileGrid":
         if not 1 <= stride <= patch:
             raise ValueError(f"stride must be in [1, patch size {patch}], got {stride}")
-        return cls(tuple(image.shape), patch, stride)
+        return cls(tuple(image.shape), patch, stride, margin)
 
     @property
     def padded(self) -> tuple[int, int]:
@@ -136,9 +138,13 @@ class TileGrid:
         return self.shape[0] * self.rows * self.cols
 
     def pad(self, image: torch.Tensor) -> torch.Tensor:
+        """The batch padded for :meth:`tiles`: to the grid on the bottom/right, and by the margin all round
+        (the tile at padded corner (y, x) then starts at (y, x) of this, its margin included)."""
         hp, wp = self.padded
         h, w = self.shape[2:]
-        return F.pad(image, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else image
+        m = self.margin
+        right, bottom = wp - w + m, hp - h + m
+        return F.pad(image, (m, right, m, bottom), mode="replicate") if (m, right, bottom) != (0, 0, 0) else image
 
     def positions(self, r0: int = 0, r1: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-left corners (rows, columns in the padded image) of the tiles of tile rows ``r0:r1``, in
@@ -149,10 +155,16 @@ class TileGrid:
         return ys.repeat(self.shape[0]), xs.repeat(self.shape[0])
 
     def tiles(self, band: torch.Tensor) -> torch.Tensor:
-        """Flattened tiles ``(B*L, C*p*p)`` of a padded image or band of tile rows."""
+        """Flattened tiles with their margins ``(B*L, C*s*s)``, s = p + 2·margin, of a padded image
+        (:meth:`pad`) or of its rows :meth:`band_rows`."""
         b, c = self.shape[:2]
-        t = F.unfold(band, self.patch, stride=self.stride)  # (B, C*p*p, L)
-        return t.transpose(1, 2).reshape(-1, c * self.patch * self.patch)
+        side = self.patch + 2 * self.margin
+        t = F.unfold(band, side, stride=self.stride)  # (B, C*s*s, L)
+        return t.transpose(1, 2).reshape(-1, c * side * side)
+
+    def band_rows(self, r0: int, r1: int) -> tuple[int, int]:
+        """Rows of the padded image (:meth:`pad`) that tile rows ``r0:r1`` see, margins included."""
+        return r0 * self.stride, (r1 - 1) * self.stride + self.patch + 2 * self.margin
 
     def add(self, acc: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, y0: int, y1: int,
             window: torch.Tensor | None) -> None:
@@ -195,7 +207,7 @@ def run_chunks(fn: PatchFn, flat: torch.Tensor, batch_size: int) -> torch.Tensor
 
 def restore_tiles(fn: PatchFn, image: torch.Tensor, patch: int, stride: int,
                   batch_size: int = 4096, max_tiles: int = 8192, blend: Blend = Blend.FLAT,
-                  positions: bool = False) -> torch.Tensor:
+                  positions: bool = False, margin: int = 0) -> torch.Tensor:
     """Run ``fn`` over overlapping tiles of ``image`` ``(B, C, H, W)`` and blend them back.
 
     The image is replicate-padded on the bottom/right so the tile grid covers it, so any size from
@@ -206,17 +218,18 @@ def restore_tiles(fn: PatchFn, image: torch.Tensor, patch: int, stride: int,
     as ``fn(tiles, ys, xs)`` with their top-left corners. At most ``max_tiles`` tiles are
     held at once: 8,192 colour tiles of 13×13 are 16.6 MB, below the 32 MB up to which a raeae
     worker's allocator reuses freed memory (:mod:`raeae.worker`), where bands of 65,536
-    tiles (133 MB) were each a fresh ``mmap``, zeroed by the kernel page by page.
+    tiles (133 MB) were each a fresh ``mmap``, zeroed by the kernel page by page. A model with a
+    ``margin`` gets each tile with that many pixels around it and returns the tile.
     """
-    grid = TileGrid.of(image, patch, stride)
+    grid = TileGrid.of(image, patch, stride, margin)
     x = grid.pad(image)
-    acc, weight = grid.sums(x)
+    acc, weight = grid.sums(image)
     window = blend.window(patch)
     band_rows = max(1, max_tiles // max(1, grid.cols * grid.shape[0]))
     for r0 in range(0, grid.rows, band_rows):  # bands of tile rows, to bound memory on huge images
         r1 = min(grid.rows, r0 + band_rows)
         y0, y1 = r0 * stride, (r1 - 1) * stride + patch
-        tiles = grid.tiles(x[:, :, y0:y1, :])
+        tiles = grid.tiles(x[:, :, slice(*grid.band_rows(r0, r1)), :])
         if positions:
             ys, xs = grid.positions(r0, r1)
             out = torch.cat([fn(tiles[i:i + batch_size], ys[i:i + batch_size], xs[i:i + batch_size])

@@ -156,6 +156,8 @@ class TrainConfig:
                   (self.recorrupt_alpha > 0, f"recorrupt_alpha must be > 0, got {self.recorrupt_alpha}"),
                   (self.max_images >= 0, f"max_images must be >= 0, got {self.max_images}"),
                   (not self.val_clean or self.self_supervised, "--val-clean needs --self-supervised"),
+                  (not (self.model.margin and self.self_supervised),
+                   "--margin trains supervised only: self-supervised losses compare a patch with itself"),
                   (self.sigma_balance >= 0, f"sigma_balance must be >= 0, got {self.sigma_balance}"),
                   (not self.sigma_balance or (self.noise.blind and self.loss is Loss.MSE
                                               and not self.self_supervised),

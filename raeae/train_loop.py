@@ -49,8 +49,8 @@ def make_sampler(images: list[torch.Tensor], cfg: TrainConfig, ranks: int = 1) -
     min_patches = 0 if cfg.patches_per_image else MIN_STEPS_PER_EPOCH * max(1, cfg.batch_size // ranks)
     if cfg.noise.noise is Noise.JPEG and not cfg.self_supervised:
         return DamagedPatchSampler(images, cfg.model.patch_size, cfg.noise, cfg.augment, cfg.patches_per_image,
-                                   min_patches)
-    return PatchSampler(images, cfg.model.patch_size, cfg.patches_per_image, min_patches)
+                                   min_patches, margin=cfg.model.margin)
+    return PatchSampler(images, cfg.model.side, cfg.patches_per_image, min_patches)
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class EpochTrainer:
         if self.cfg.augment:
             clean = dihedral(clean, gen)
         noisy, level = corrupt_with_level(clean, self.cfg.noise, gen)
-        return noisy.flatten(1), clean.flatten(1), level
+        return noisy.flatten(1), unwrap(self.model).center(clean.flatten(1)), level  # the target: inside the margin
 
     def _step_loss(self, patches: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         with self.cfg.precision.autocast(self.device):
@@ -115,7 +115,8 @@ class EpochTrainer:
                          patches.jpeg.to(self.device))
         if not self.cfg.self_supervised:
             noisy, clean, level = self._batch(patches, gen)
-            weights = sigma_weights(noisy, clean, self.cfg.sigma_balance) if self.cfg.sigma_balance else None
+            weights = (sigma_weights(unwrap(self.model).center(noisy), clean, self.cfg.sigma_balance)
+                       if self.cfg.sigma_balance else None)
             return loss_of(self.model, noisy, clean, self.cfg.loss, weights, level)
         noisy = patches.to(self.device, non_blocking=True).float().div_(255.0)  # already noisy
         if self.cfg.augment:

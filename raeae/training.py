@@ -90,7 +90,23 @@ def init_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
         model_cfg = replace(model_cfg, jpeg_input=True)
         first = weights["encoder.0.weight"]
         weights["encoder.0.weight"] = torch.cat([first, first.new_zeros(first.shape[0], JPEG_INPUTS)], dim=1)
+    if cfg.model.margin > model_cfg.margin:
+        # `--margin M --init C`: the pixels C did not see start at zero weight (as the level's)
+        weights["encoder.0.weight"] = widen_margin(weights["encoder.0.weight"], model_cfg, cfg.model.margin)
+        model_cfg = replace(model_cfg, margin=cfg.model.margin)
     return replace(cfg, model=model_cfg, stride=min(cfg.stride, model_cfg.patch_size)), weights
+
+
+def widen_margin(first: torch.Tensor, model_cfg: ModelConfig, margin: int) -> torch.Tensor:
+    """The first layer's weight ``(hidden, pixels + extra)`` of a model with ``model_cfg``'s margin as the
+    weight of one with ``margin``: each pixel keeps its weight, the new ring of pixels gets zeros, the
+    inputs after the pixels (noise level, JPEG) stay last. The wider network restores exactly as before."""
+    side, grow = model_cfg.side, margin - model_cfg.margin
+    pixels = model_cfg.net_in_features
+    planes = pixels // (side * side)
+    image = first[:, :pixels].reshape(first.shape[0], planes, side, side)
+    wider = torch.nn.functional.pad(image, (grow, grow, grow, grow)).reshape(first.shape[0], -1)
+    return torch.cat([wider, first[:, pixels:]], dim=1)
 
 
 def clean_pairs(source, cfg: TrainConfig) -> list[tuple[np.ndarray, np.ndarray]] | None:

@@ -46,7 +46,7 @@ def validate(model, val: list[torch.Tensor], cfg: TrainConfig, device: torch.dev
         # no one σ: the images' estimate, as restore tells it
         level = noise.sigma / 255.0 if noise.noise is Noise.GAUSSIAN else noise_level_of(noisy) / 255.0
         restored = restore_tiles(lambda x: module(x, level=level).clamp(0, 1), noisy, cfg.model.patch_size,
-                                 cfg.val_stride, blend=Blend.GAUSSIAN)
+                                 cfg.val_stride, blend=Blend.GAUSSIAN, margin=cfg.model.margin)
         noisy_psnr.append(batch_psnr(clean, noisy))
         model_psnr.append(batch_psnr(clean, restored))
     module.train()
@@ -69,7 +69,7 @@ def validate_jpeg(module, val: list[torch.Tensor], cfg: TrainConfig, device: tor
         level = noise_level_of(noisy) / 255.0
         restored = restore_tiles(lambda x, ys, xs: module(x, level=level, jpeg=context(ijg_scale(quality), ys, xs).to(device))
                                  .clamp(0, 1), noisy, cfg.model.patch_size, PHASE_STEP, blend=Blend.GAUSSIAN,
-                                 positions=True)
+                                 positions=True, margin=cfg.model.margin)
         noisy_psnr.append(batch_psnr(clean, noisy))
         model_psnr.append(batch_psnr(clean, restored))
     module.train()
