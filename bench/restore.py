@@ -76,14 +76,17 @@ def make_collection(folder: str, parts: list[tuple[int, int, int]], seed: int = 
 
 
 def plain_loop(model: str, folder: str, out: str) -> None:
-    """The baseline: one process, one image after another through the public API, one Parquet file."""
+    """The baseline: one process, one image after another through the public API, one Parquet file. Each
+    image gets the work a restore row gets: its damage found (impulses filled) and the model for it."""
     import pyarrow as pa
 
     import raeae
     from raeae import checkpoint as ckpt
+    from raeae.damage import Kind, prepare
     from raeae.images import bits, channels, decode_image, encode_png
     from raeae.inference import pick_model
     from raeae.contract import SCHEMA
+    from raeae.jpeg import stated_scale
     from raeae.storage import list_images
 
     models = [ckpt.model_from_state(ckpt.parse(b)) for b in ckpt.read_models(model)]
@@ -93,10 +96,13 @@ def plain_loop(model: str, folder: str, out: str) -> None:
         row = {"path": f["path"], "status": "ok", "source_size": f["size"], "model_id": "plain"}
         try:
             with open(f["path"], "rb") as fh:
-                image, mode, info = decode_image(fh.read())  # the source's profile, EXIF, DPI as raeae keeps them
-            restored = raeae.restore_image(pick_model(models, image), image)
+                data = fh.read()
+            image, mode, info = decode_image(data)  # the source's profile, EXIF, DPI as raeae keeps them
+            image, damage = prepare(image, stated_jpeg_scale=stated_scale(data))
+            model = pick_model(models, image, jpeg=damage.kind is Kind.JPEG)
+            restored = raeae.restore_image(model, image, jpeg=damage.jpeg)
             row.update(image=encode_png(restored, 1, info), width=restored.shape[1], height=restored.shape[0],
-                       channels=channels(restored), bits=bits(restored), source_mode=mode)
+                       channels=channels(restored), bits=bits(restored), source_mode=mode, damage=damage.kind.value)
         except Exception as exc:  # noqa: BLE001
             row.update(status="error", error=str(exc))
         row.update(restored_at=int(time.time() * 1e6), seconds=time.perf_counter() - t0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -240,7 +241,7 @@ def estimate_sigma(image: torch.Tensor) -> float:
     return _mad_sigma(_diagonal_detail(image))
 
 
-def noise_level(image: torch.Tensor, rounds: int = 3, min_blocks: int = 64) -> float:
+def noise_level(image: "torch.Tensor | np.ndarray", rounds: int = 3, min_blocks: int = 64) -> float:
     """The Gaussian noise std of an image ``(C, H, W)`` in [0, 1] as it was before 8-bit clipping, for
     telling a ``noise_input`` model: :func:`estimate_sigma`'s MAD of the finest diagonal Haar details,
     taken only over 2×2 blocks that (1) hold no clipped pixel (0 or 1) and have a mean at least 2σ away
@@ -249,21 +250,35 @@ def noise_level(image: torch.Tensor, rounds: int = 3, min_blocks: int = 64) -> f
     a block are independent, so (2) does not bias the diagonal ones it keeps. Refined ``rounds`` times
     from the estimate over all unclipped blocks. Measured on BSD68 (68 images, noisy files clipped to 8
     bits), mean ± sd of the estimate: σ 15 -> 16.3 ± 1.3, 25 -> 26.2 ± 1.2, 50 -> 50.4 ± 1.2, where
-    the plain MAD gives 16.1 ± 1.6, 24.9 ± 1.9, 45.6 ± 3.3."""
-    a, b, c, d = _haar_blocks(image)
-    if a.numel() == 0:
+    the plain MAD gives 16.1 ± 1.6, 24.9 ± 1.9, 45.6 ± 3.3.
+
+    Computed in float32 numpy (a torch tensor is read in place): restore estimates it for every image,
+    and on a 64×64 colour image torch's per-operation cost made it ~0.6 ms where numpy takes a fraction
+    of that, with the same values (the same float32 operations in the same order; the lower median, as
+    torch's ``median``)."""
+    x = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    x = x[:, : x.shape[1] // 2 * 2, : x.shape[2] // 2 * 2].astype(np.float32, copy=False)
+    a, b, c, d = x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+    if a.size == 0:
         return 0.0
     hh, lh, hl, mean = (a - b - c + d) / 2, (a + b - c - d) / 2, (a - b + c - d) / 2, (a + b + c + d) / 4
-    blocks = torch.stack([a, b, c, d])
-    unclipped = ((blocks > 0) & (blocks < 1)).all(0)
-    sigma = _mad_sigma(hh[unclipped]) if int(unclipped.sum()) >= min_blocks else estimate_sigma(image)
+    unclipped = (a > 0) & (a < 1) & (b > 0) & (b < 1) & (c > 0) & (c < 1) & (d > 0) & (d < 1)
+    sigma = _lower_median_abs(hh[unclipped] if np.count_nonzero(unclipped) >= min_blocks else hh.ravel()) / 0.6745
     for _ in range(rounds):
-        keep = (unclipped & (mean > 2 * sigma) & (mean < 1 - 2 * sigma)
-                & (lh.abs() < 2 * sigma) & (hl.abs() < 2 * sigma))
-        if int(keep.sum()) < min_blocks:
+        keep = (unclipped & (mean > np.float32(2 * sigma)) & (mean < np.float32(1 - 2 * sigma))
+                & (np.abs(lh) < np.float32(2 * sigma)) & (np.abs(hl) < np.float32(2 * sigma)))
+        if np.count_nonzero(keep) < min_blocks:
             break
-        sigma = _mad_sigma(hh[keep])
+        sigma = _lower_median_abs(hh[keep]) / 0.6745
     return sigma
+
+
+def _lower_median_abs(values: np.ndarray) -> float:
+    """The lower median of ``|values|`` (torch's ``median``: of an even count, the smaller middle value)."""
+    if values.size == 0:
+        return 0.0
+    k = (values.size - 1) // 2
+    return float(np.partition(np.abs(values), k)[k])
 
 
 IMPULSE_SHARE = 0.02  # above it, noise is impulsive: measured on Train400 (median over 60 images)

@@ -116,17 +116,18 @@ def _judgeable(image: np.ndarray) -> bool:
     return min(image.shape[:2]) >= MIN_SIDE and int(image.max()) != int(image.min())
 
 
-def _impulses_stand_out(x) -> tuple[float, bool]:
+def _impulses_stand_out(colour: np.ndarray) -> tuple[float, bool]:
     """The share of impulse values and whether it is more than Gaussian noise of the image's level would
     clip: a pixel clipped by noise of std σ stands out by more than ``STANDS_OUT_DECIDE`` at most
     Φ(-that/σ) of the time. The noise level is estimated only when the share could matter."""
     from raeae.corrupt import noise_level
     from raeae.impulses import IMPULSE_IMAGE_SHARE, STANDS_OUT_DECIDE, impulse_mask
+    from raeae.inference import to_tensor
 
-    share = float(impulse_mask(x, STANDS_OUT_DECIDE).float().mean())
+    share = float(impulse_mask(colour, STANDS_OUT_DECIDE).mean())
     if share <= IMPULSE_IMAGE_SHARE:
         return share, False
-    sigma = noise_level(x)
+    sigma = noise_level(to_tensor(colour))
     clipped = 0.5 * math.erfc(STANDS_OUT_DECIDE / max(sigma, 1e-6) / math.sqrt(2)) if sigma > 0 else 0.0
     return share, share > IMPULSE_IMAGE_SHARE + 2 * clipped
 
@@ -137,7 +138,6 @@ def detect(image: np.ndarray, stated_jpeg_scale: float | None = None) -> Damage:
     noise. ``stated_jpeg_scale`` is what the file's tables say (:func:`raeae.jpeg.stated_scale`)."""
     from raeae.bands import sample
     from raeae.images import split_alpha
-    from raeae.inference import to_tensor
     from raeae.jpeg import estimate_jpeg
 
     colour = sample(split_alpha(image)[0])  # a large scan is judged on a central crop (bounded memory)
@@ -146,7 +146,7 @@ def detect(image: np.ndarray, stated_jpeg_scale: float | None = None) -> Damage:
     top = np.iinfo(colour.dtype).max
     extremes = np.count_nonzero(colour == 0) + np.count_nonzero(colour == top)
     # no value at black or white: no impulse (most images; the neighbourhood test is then skipped)
-    share, impulsive = _impulses_stand_out(to_tensor(colour)) if extremes else (0.0, False)
+    share, impulsive = _impulses_stand_out(colour) if extremes else (0.0, False)
     if impulsive:
         return Damage(Kind.IMPULSE, impulse_share=share)
     if stated_jpeg_scale is not None:
@@ -177,3 +177,18 @@ def requested(image: np.ndarray, request: DamageRequest, stated_jpeg_scale: floa
     scale = (ijg_scale(request.quality) if request.quality is not None else stated_jpeg_scale
              or (found.scale if found is not None and found.scale > 0 else ijg_scale(50)))
     return Damage(Kind.JPEG, Source.FLAG, jpeg_scale=scale, jpeg_offset=offset)
+
+
+def prepare(image: np.ndarray, request: DamageRequest = DamageRequest(),
+            stated_jpeg_scale: float | None = None) -> tuple[np.ndarray, Damage]:
+    """An image as its model gets it, and the damage it is restored for (:func:`requested`): impulses are
+    filled here (:func:`raeae.impulses.fill_impulses`, alpha kept), before the model restores what noise
+    is left. What the restore stage does per row, and what a one-image-at-a-time loop should do."""
+    from raeae.images import join_alpha, split_alpha
+    from raeae.impulses import fill_impulses
+
+    damage = requested(image, request, stated_jpeg_scale)
+    if damage.kind is Kind.IMPULSE:
+        colour, alpha = split_alpha(image)
+        image = join_alpha(fill_impulses(colour), alpha)
+    return image, damage

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from raeae.damage import Damage, DamageRequest, Kind
-from raeae.images import SourceInfo, bits, channels, decode_image, encode_png, join_alpha, split_alpha
+from raeae.images import SourceInfo, bits, channels, decode_image, encode_png
 from raeae.jpeg import stated_scale
 from raeae.storage import StorageConfig, read_bytes, resolve, strip_scheme
 
@@ -213,16 +213,11 @@ class ModelStage:
     def _prepare(self, row: dict) -> tuple[np.ndarray, Damage]:
         """A decoded row's image as its model gets it, and its damage (recorded in the row): impulses
         are filled here, before the model restores what noise is left."""
-        from raeae.damage import requested
-        from raeae.impulses import fill_impulses
+        from raeae.damage import prepare
 
-        image = _pixels(row)
-        damage = requested(image, self.request, row["jpeg_scale"])
+        image, damage = prepare(_pixels(row), self.request, row["jpeg_scale"])
         row.update(damage=damage.kind.value, damage_source=damage.source.value, jpeg_quality=damage.jpeg_quality,
                    impulse_share=damage.impulse_share)
-        if damage.kind is Kind.IMPULSE:
-            colour, alpha = split_alpha(image)
-            image = join_alpha(fill_impulses(colour), alpha)
         return image, damage
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -179,3 +179,37 @@ def test_a_gray_image_in_a_colour_model_tells_the_luma_plane_all_of_its_noise():
     hook.remove()
     # the gray noise is the same in R, G and B: all of it is in luma (rows 0, 3, 6, ...), none in chroma
     assert float(seen[0][0]) == pytest.approx(sigma / 25, rel=1e-4)
+
+
+def torch_noise_level(image: torch.Tensor, rounds: int = 3, min_blocks: int = 64) -> float:
+    """The estimator as it was written in torch (before it moved to numpy for speed): the oracle."""
+    _, h, w = image.shape
+    x = image[:, : h // 2 * 2, : w // 2 * 2].float()
+    a, b, c, d = x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+    if a.numel() == 0:
+        return 0.0
+    mad = lambda v: float(v.abs().median()) / 0.6745 if v.numel() else 0.0  # noqa: E731
+    hh, lh, hl, mean = (a - b - c + d) / 2, (a + b - c - d) / 2, (a - b + c - d) / 2, (a + b + c + d) / 4
+    unclipped = ((torch.stack([a, b, c, d]) > 0) & (torch.stack([a, b, c, d]) < 1)).all(0)
+    sigma = mad(hh[unclipped]) if int(unclipped.sum()) >= min_blocks else mad(hh)
+    for _ in range(rounds):
+        keep = unclipped & (mean > 2 * sigma) & (mean < 1 - 2 * sigma) & (lh.abs() < 2 * sigma) & (hl.abs() < 2 * sigma)
+        if int(keep.sum()) < min_blocks:
+            break
+        sigma = mad(hh[keep])
+    return sigma
+
+
+def test_the_numpy_estimate_equals_the_torch_one_exactly():
+    rng = np.random.default_rng(5)
+    images = [photo(name) for name in ("camera.png", "astronaut.png", "coffee.png")]
+    for k in range(40):
+        clean = images[k % 3]
+        h, w = int(rng.integers(1, 90)), int(rng.integers(1, 90))
+        crop = clean[:h, :w]
+        sigma = float(rng.choice([0, 5, 25, 60]))
+        noisy = np.clip(np.round(crop + rng.standard_normal(crop.shape) * sigma), 0, 255).astype(np.uint8)
+        x = torch.from_numpy(noisy).float().div(255)
+        x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)  # a non-contiguous view, as restore has it
+        assert noise_level(x) == torch_noise_level(x), (h, w, sigma)
+    assert noise_level(torch.zeros(3, 1, 1)) == 0.0
