@@ -24,7 +24,7 @@ from raeae import checkpoint as ckpt
 from raeae.cluster import alive_nodes, capacity, connect, require
 from raeae.data import load_source, read_image
 from raeae.jpeg import JPEG_INPUTS
-from raeae.model import ModelConfig, describe_network
+from raeae.model import Activation, ModelConfig, describe_network
 from raeae.runs import choose_run, write_record
 from raeae.storage import list_images, resolve, write_bytes
 from raeae.train_config import TrainConfig, budget_text
@@ -90,6 +90,12 @@ def init_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
         model_cfg = replace(model_cfg, jpeg_input=True)
         first = weights["encoder.0.weight"]
         weights["encoder.0.weight"] = torch.cat([first, first.new_zeros(first.shape[0], JPEG_INPUTS)], dim=1)
+    deeper = _deepened(model_cfg, cfg.model)
+    if deeper != model_cfg:
+        # `--hidden 1024,1024 --init C` (C: 1024): the added layers start as the identity, so training
+        # starts from what C restores
+        weights = deepen(weights, model_cfg, deeper)
+        model_cfg = deeper
     if cfg.model.margin > model_cfg.margin:
         # `--margin M --init C`: the pixels C did not see start at zero weight (as the level's)
         weights["encoder.0.weight"] = widen_margin(weights["encoder.0.weight"], model_cfg, cfg.model.margin)
@@ -296,3 +302,33 @@ def _export_best(cfg: TrainConfig, state: dict, fit_s: float, run_name: str, sta
                        fit_s=fit_s, loop_s=loop_s, history=history, resumed_at=list(progress.resumed_at),
                        run_name=run_name, stopped=progress.stopped, epochs_trained=progress.epoch - start_epoch,
                        minutes_trained=(progress.elapsed_s - before) / 60)
+
+
+def _deepened(have: ModelConfig, want: ModelConfig) -> ModelConfig:
+    """``have`` with the hidden layers ``want`` adds after its own, where ``want`` only repeats ``have``'s
+    last widths (encoder or decoder); else ``have`` (``--init`` keeps the checkpoint's network)."""
+    def grown(old: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, ...]:
+        extends = old and len(new) > len(old) and new[:len(old)] == old and set(new[len(old):]) == {old[-1]}
+        return new if extends else old
+    hidden, decoder = grown(have.hidden, want.hidden), grown(have.decoder_hidden, want.decoder_hidden)
+    if (hidden, decoder) != (have.hidden, have.decoder_hidden) and have.activation is not Activation.RELU:
+        raise ValueError("--init with more hidden layers: added layers start as the identity, which only a "
+                         f"relu network keeps (this one is {have.activation.value})")
+    return replace(have, hidden=hidden, decoder_hidden=decoder)
+
+
+def deepen(weights: dict, have: ModelConfig, want: ModelConfig) -> dict:
+    """The weights of ``have`` as those of ``want`` (:func:`_deepened`): every old layer keeps its weights,
+    each added hidden layer is the identity with zero bias. After a ReLU the values are never negative, so
+    ReLU(identity) passes them unchanged and the deeper network computes exactly what ``have`` did."""
+    out = {k: v for k, v in weights.items() if not k.startswith(("encoder.", "decoder."))}
+    for part, old, new in (("encoder", have.hidden, want.hidden), ("decoder", have.decoder_hidden, want.decoder_hidden)):
+        layers = len(old) + 1  # the Linear layers of this part before growing: its hidden layers and the last
+        for k in range(layers):
+            at = k if k < len(old) else len(new)  # the last layer moves past the added ones
+            for name in ("weight", "bias"):
+                out[f"{part}.{2 * at}.{name}"] = weights[f"{part}.{2 * k}.{name}"]
+        for k in range(len(old), len(new)):
+            out[f"{part}.{2 * k}.weight"] = torch.eye(new[k])
+            out[f"{part}.{2 * k}.bias"] = torch.zeros(new[k])
+    return out
