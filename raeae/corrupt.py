@@ -261,12 +261,15 @@ def noise_level(image: "torch.Tensor | np.ndarray", rounds: int = 3, min_blocks:
     a, b, c, d = x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
     if a.size == 0:
         return 0.0
-    hh, lh, hl, mean = (a - b - c + d) / 2, (a + b - c - d) / 2, (a - b + c - d) / 2, (a + b + c + d) / 4
     unclipped = (a > 0) & (a < 1) & (b > 0) & (b < 1) & (c > 0) & (c < 1) & (d > 0) & (d < 1)
-    sigma = _lower_median_abs(hh[unclipped] if np.count_nonzero(unclipped) >= min_blocks else hh.ravel()) / 0.6745
+    if np.count_nonzero(unclipped) < min_blocks:  # too few: the estimate over every block (estimate_sigma)
+        return _lower_median_abs((a - b - c + d) / 2) / 0.6745
+    a, b, c, d = a[unclipped], b[unclipped], c[unclipped], d[unclipped]  # the unclipped blocks only, from here on
+    hh, mean = (a - b - c + d) / 2, (a + b + c + d) / 4
+    edge = np.maximum(np.abs((a + b - c - d) / 2), np.abs((a - b + c - d) / 2))  # the larger of the other two details
+    sigma = _lower_median_abs(hh) / 0.6745
     for _ in range(rounds):
-        keep = (unclipped & (mean > np.float32(2 * sigma)) & (mean < np.float32(1 - 2 * sigma))
-                & (np.abs(lh) < np.float32(2 * sigma)) & (np.abs(hl) < np.float32(2 * sigma)))
+        keep = (mean > np.float32(2 * sigma)) & (mean < np.float32(1 - 2 * sigma)) & (edge < np.float32(2 * sigma))
         if np.count_nonzero(keep) < min_blocks:
             break
         sigma = _lower_median_abs(hh[keep]) / 0.6745
@@ -278,7 +281,7 @@ def _lower_median_abs(values: np.ndarray) -> float:
     if values.size == 0:
         return 0.0
     k = (values.size - 1) // 2
-    return float(np.partition(np.abs(values), k)[k])
+    return float(np.partition(np.abs(values).ravel(), k)[k])
 
 
 IMPULSE_SHARE = 0.02  # above it, noise is impulsive: measured on Train400 (median over 60 images)

@@ -121,10 +121,10 @@ def _impulses_stand_out(colour: np.ndarray) -> tuple[float, bool]:
     clip: a pixel clipped by noise of std σ stands out by more than ``STANDS_OUT_DECIDE`` at most
     Φ(-that/σ) of the time. The noise level is estimated only when the share could matter."""
     from raeae.corrupt import noise_level
-    from raeae.impulses import IMPULSE_IMAGE_SHARE, STANDS_OUT_DECIDE, impulse_mask
+    from raeae.impulses import IMPULSE_IMAGE_SHARE, STANDS_OUT_DECIDE, impulse_share
     from raeae.inference import to_tensor
 
-    share = float(impulse_mask(colour, STANDS_OUT_DECIDE).mean())
+    share = impulse_share(colour, STANDS_OUT_DECIDE)
     if share <= IMPULSE_IMAGE_SHARE:
         return share, False
     sigma = noise_level(to_tensor(colour))
@@ -143,10 +143,7 @@ def detect(image: np.ndarray, stated_jpeg_scale: float | None = None) -> Damage:
     colour = sample(split_alpha(image)[0])  # a large scan is judged on a central crop (bounded memory)
     if not _judgeable(colour):
         return Damage(Kind.UNKNOWN)
-    top = np.iinfo(colour.dtype).max
-    extremes = np.count_nonzero(colour == 0) + np.count_nonzero(colour == top)
-    # no value at black or white: no impulse (most images; the neighbourhood test is then skipped)
-    share, impulsive = _impulses_stand_out(colour) if extremes else (0.0, False)
+    share, impulsive = _impulses_stand_out(colour)
     if impulsive:
         return Damage(Kind.IMPULSE, impulse_share=share)
     if stated_jpeg_scale is not None:
