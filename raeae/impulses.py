@@ -24,6 +24,9 @@ STANDS_OUT_DECIDE = 0.25
 IMPULSE_IMAGE_SHARE = 0.002
 
 
+_AROUND = [0, 1, 2, 3, 5, 6, 7, 8]  # a 3×3 square's cells but its centre
+
+
 def _extremes_standing_out(planes: np.ndarray, stands_out: float,
                            most: int | None = None) -> tuple[tuple[np.ndarray, ...], np.ndarray, int]:
     """Where ``planes`` (H×W×C, uint) is at black or white ``(ys, xs, cs)``, whether each such value
@@ -47,9 +50,6 @@ def _extremes_standing_out(planes: np.ndarray, stands_out: float,
     square = (rows[:, :, None] + cols[:, None, :]).reshape(-1, 9)[:, _AROUND] + cs[:, None]
     median = np.partition(flat[square], 3, axis=1)[:, 3].astype(np.int64)  # the lower of the middle two of 8
     return (ys, xs, cs), np.abs(flat[at].astype(np.int64) - median) > stands_out * top, count
-
-
-_AROUND = [0, 1, 2, 3, 5, 6, 7, 8]  # a 3×3 square's cells but its centre
 
 
 def impulse_mask(image: np.ndarray, stands_out: float = STANDS_OUT) -> np.ndarray:

@@ -149,3 +149,17 @@ def test_bench_overheads(ray_session, tmp_path):
     assert "damage detection, all files" in out and "report written again" in out
     data = json.loads((tmp_path / "overheads.json").read_text())
     assert data["files"] == 7 and data["detect_s"] > 0 and data["report_s"] > 0
+
+
+def test_bench_jpeg_grid(tmp_path):
+    from conftest import photo
+
+    for folder, name in (("bsd68", "camera.png"), ("cbsd68", "astronaut.png")):
+        (tmp_path / folder).mkdir()
+        for i in range(2):
+            image = photo(name)[i * 40:i * 40 + 200, :220]
+            Image.fromarray(image).save(tmp_path / folder / f"{i}.png")
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "jpeg_grid.py"), "--test", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| q20 | " in r.stdout and "/2 |" in r.stdout and "ms an image" in r.stdout
