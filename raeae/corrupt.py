@@ -261,7 +261,7 @@ def noise_level(image: "torch.Tensor | np.ndarray", rounds: int = 3, min_blocks:
     a, b, c, d = x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
     if a.size == 0:
         return 0.0
-    unclipped = (a > 0) & (a < 1) & (b > 0) & (b < 1) & (c > 0) & (c < 1) & (d > 0) & (d < 1)
+    unclipped = (np.minimum(np.minimum(a, b), np.minimum(c, d)) > 0) & (np.maximum(np.maximum(a, b), np.maximum(c, d)) < 1)
     if np.count_nonzero(unclipped) < min_blocks:  # too few: the estimate over every block (estimate_sigma)
         return _lower_median_abs((a - b - c + d) / 2) / 0.6745
     a, b, c, d = a[unclipped], b[unclipped], c[unclipped], d[unclipped]  # the unclipped blocks only, from here on
