@@ -180,10 +180,10 @@ _TRIED = _PROBE_STEPS.min(axis=1) >= 4
 # pixels (its four highest frequencies) is near zero far more often where runs start on the grid, since
 # the encoder zeroed those frequencies of whole blocks and a run across a block edge picks up the step
 # (noise added before compression is zeroed with them). The best two phases of each axis make four
-# candidate offsets (a statistic on rows, well under a millisecond on a 180×180 image, where trying all 64
-# offsets took ~12 ms). Then the candidate where two probes, (0, 1) and (1, 0), fit some table best is the grid; the
-# table is found there on all five probes. A flat image keeps few non-zero coefficients at the true
-# offset, where chance offsets keep many: a low count lets the true one take part.
+# candidate offsets (a statistic on rows, well under a millisecond on a 180×180 image, where trying all
+# 64 offsets took ~12 ms). Then the candidate where two probes, (0, 1) and (1, 0), fit some table best is
+# the grid; the table is found there on all five probes. A flat image keeps few non-zero coefficients at
+# the true offset, where chance offsets keep many: a low count lets the true one take part.
 _HIGH = _DCT[4:].T.astype(np.float32)  # (8, 4): a run's four highest 1-D frequencies
 NEAR_ZERO = 1.0  # a decoded JPEG's 8-bit rounding leaves zeroed frequencies within ±1 (std ~0.3)
 PHASE_ROWS = 64  # rows (or columns) read per axis, evenly spaced: the shares settle long before that
