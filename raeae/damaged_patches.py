@@ -62,8 +62,9 @@ class DamagedPatchSampler:
         if not images:
             raise ValueError("no training images")
         # uint8 H×W×C arrays, at least one patch with its margins (and one JPEG block) in each direction
-        need = -(-margin // PHASE_STEP) * PHASE_STEP + patch + margin  # the first patch on the grid whose margin fits
-        self.images = [pad_to_patch(img, max(need, 16)).permute(1, 2, 0).numpy() for img in images]
+        # the first patch corner on restore's tile grid (multiples of PHASE_STEP) with room for its margin
+        self.first = -(-margin // PHASE_STEP) * PHASE_STEP
+        self.images = [pad_to_patch(img, max(self.first + patch + margin, 16)).permute(1, 2, 0).numpy() for img in images]
         self.patch, self.noise, self.augment, self.margin = patch, noise, augment, margin
         self.patches_per_image = patches_per_image
         self.min_per_image = -(-min_patches // len(images))
@@ -114,10 +115,10 @@ class DamagedPatchSampler:
         for image, rng, (c, d, level, scale) in zip(self.images, rngs, done):
             k = self.per_image(image)
             h, w = c.shape[:2]
-            # the patches' corners on restore's tile grid (multiples of PHASE_STEP), each with its margin inside the image
-            first = -(-m // PHASE_STEP)
-            ys = torch.from_numpy(rng.integers(first, max(first, (h - p - m) // PHASE_STEP) + 1, k) * PHASE_STEP)
-            xs = torch.from_numpy(rng.integers(first, max(first, (w - p - m) // PHASE_STEP) + 1, k) * PHASE_STEP)
+            # the patches' corners on restore's tile grid, each with its margin inside the image
+            lo = self.first // PHASE_STEP
+            ys = torch.from_numpy(rng.integers(lo, max(lo, (h - p - m) // PHASE_STEP) + 1, k) * PHASE_STEP)
+            xs = torch.from_numpy(rng.integers(lo, max(lo, (w - p - m) // PHASE_STEP) + 1, k) * PHASE_STEP)
             for src, out, off, side in ((c, clean, 0, p), (d, damaged, m, p + 2 * m)):
                 t = torch.from_numpy(src).permute(2, 0, 1)
                 out.append(t.unfold(1, side, 1).unfold(2, side, 1)[:, ys - off, xs - off].permute(1, 0, 2, 3))

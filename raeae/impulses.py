@@ -53,12 +53,17 @@ def _extremes_standing_out(planes: np.ndarray, stands_out: float,
     return at, np.abs(flat[at].astype(np.int64) - median) > stands_out * top, count
 
 
+def _planes(image: np.ndarray) -> np.ndarray:
+    """An H×W or H×W×C image as C-contiguous H×W×C planes (a view where it already is one)."""
+    return np.ascontiguousarray(image[..., None] if image.ndim == 2 else image)
+
+
 def impulse_mask(image: np.ndarray, stands_out: float = STANDS_OUT) -> np.ndarray:
     """The impulses of an image (uint8 or uint16, H×W or H×W×C): values at black or white that differ
     from the median of their 8 neighbours (replicate-padded at the borders) by more than ``stands_out``
     of the full scale (bool, ``(H, W, C)``). Only the extreme values are looked at: a small image's few
     hundred cost a fraction of a millisecond, where a full-image median filter costs many times that."""
-    planes = np.ascontiguousarray(image[..., None] if image.ndim == 2 else image)
+    planes = _planes(image)
     mask = np.zeros(planes.shape, dtype=bool)
     at, out, _ = _extremes_standing_out(planes, stands_out)
     mask.reshape(-1)[at] = out
@@ -75,7 +80,7 @@ SHARE_SAMPLE = 1024
 def impulse_share(image: np.ndarray, stands_out: float) -> float:
     """The share of an image's values that :func:`impulse_mask` takes for impulses: exact up to
     :data:`SHARE_SAMPLE` extreme values, above that estimated from an even sample of them."""
-    planes = np.ascontiguousarray(image[..., None] if image.ndim == 2 else image)
+    planes = _planes(image)
     _, out, count = _extremes_standing_out(planes, stands_out, SHARE_SAMPLE)
     return np.count_nonzero(out) / out.size * count / planes.size if out.size else 0.0
 
