@@ -82,7 +82,7 @@ def plain_loop(model: str, folder: str, out: str) -> None:
 
     import raeae
     from raeae import checkpoint as ckpt
-    from raeae.damage import Kind, prepare
+    from raeae.damage import prepare
     from raeae.images import bits, channels, decode_image, encode_png
     from raeae.inference import pick_model
     from raeae.contract import SCHEMA
@@ -99,7 +99,7 @@ def plain_loop(model: str, folder: str, out: str) -> None:
                 data = fh.read()
             image, mode, info = decode_image(data)  # the source's profile, EXIF, DPI as raeae keeps them
             image, damage = prepare(image, stated_jpeg_scale=stated_scale(data))
-            model = pick_model(models, image, jpeg=damage.kind is Kind.JPEG)
+            model = pick_model(models, image, jpeg=damage.jpeg)
             restored = raeae.restore_image(model, image, jpeg=damage.jpeg)
             row.update(image=encode_png(restored, 1, info), width=restored.shape[1], height=restored.shape[0],
                        channels=channels(restored), bits=bits(restored), source_mode=mode, damage=damage.kind.value)

@@ -94,9 +94,9 @@ def _builtin_bytes(uri: str) -> bytes:
 
 
 def auto_names() -> list[str]:
-    """The bundled models ``builtin:auto`` stands for, in order: gray, colour, then the JPEG model
-    (those present)."""
-    return [n for n in ("gray", "color", "jpeg") if (BUILTIN_DIR / f"{n}.pt").is_file()]
+    """The bundled models ``builtin:auto`` stands for, in order: gray, colour, then the JPEG models,
+    all qualities and low qualities (those present)."""
+    return [n for n in ("gray", "color", "jpeg", "jpeg-low") if (BUILTIN_DIR / f"{n}.pt").is_file()]
 
 
 def read_models(uri: str, storage: StorageConfig = StorageConfig()) -> list[bytes]:
@@ -246,6 +246,9 @@ def model_from_state(state: dict) -> "DenseAutoencoder":
 
     model = build_model(ModelConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
+    noise = state.get("noise") or {}
+    if model.config.jpeg_input and noise.get("noise") == "jpeg":
+        model.jpeg_qualities = (int(noise.get("quality", 1)), int(noise.get("quality_max", 100)))
     return model.eval()
 
 

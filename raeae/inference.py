@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from raeae.bands import is_large, restore_large, sample
 from raeae.corrupt import noise_level
 from raeae.images import join_alpha, split_alpha
-from raeae.jpeg import BLOCK, PHASE_STEP, JpegFinding, context
+from raeae.jpeg import BLOCK, PHASE_STEP, JpegFinding, context, quality_of
 from raeae.model import DenseAutoencoder
 from raeae.patches import TileGrid, restore_tiles
 from raeae.settings import TILE_BATCH, Blend, Precision, default_stride, fast_bf16  # noqa: F401 - re-exported
@@ -295,13 +295,20 @@ def restore_array(model: DenseAutoencoder, image: np.ndarray, stride: int | None
                           noise_level=noise_level, jpeg=[jpeg])[0]
 
 
-def pick_model(models: list[DenseAutoencoder], image: np.ndarray, jpeg: bool = False) -> DenseAutoencoder:
-    """Of several models (``builtin:auto``), the one made for this image: for JPEG damage (``jpeg``)
-    the model told it (``jpeg_input``), gray or colour; else among the others the colour model for
-    colour images (RGB, RGBA), the gray model for gray ones (L, LA). A single model takes everything."""
+def pick_model(models: list[DenseAutoencoder], image: np.ndarray, jpeg: JpegFinding | None = None) -> DenseAutoencoder:
+    """Of several models (``builtin:auto``), the one made for this image. For JPEG damage (``jpeg``, scale
+    above 0): of the models told it (``jpeg_input``), the one that learnt the narrowest range of qualities
+    holding the image's (``jpeg_qualities``), gray or colour. Else among the others the colour model
+    for colour images (RGB, RGBA), the gray model for gray ones (L, LA). A single model takes everything."""
     if len(models) == 1:
         return models[0]
-    pool = [m for m in models if m.config.jpeg_input == jpeg] or models
+    is_jpeg = jpeg is not None and jpeg.scale > 0
+    pool = [m for m in models if m.config.jpeg_input == is_jpeg] or models
+    if is_jpeg:
+        quality = quality_of(jpeg.scale)
+        holding = [m for m in pool if m.jpeg_qualities[0] <= quality <= m.jpeg_qualities[1]] or pool
+        narrowest = min(hi - lo for lo, hi in (m.jpeg_qualities for m in holding))
+        pool = [m for m in holding if m.jpeg_qualities[1] - m.jpeg_qualities[0] == narrowest]
     want = 1 if _gray(image) else 3
     return next((m for m in pool if m.config.channels == want), pool[0])
 

@@ -51,8 +51,10 @@ def noise_text(noise: dict) -> str:
         return f"gaussian σ {lo:g}-{hi:g} (blind)" if hi > lo else f"gaussian σ {lo:g}"
     if kind == "jpeg":
         lo, hi = float(noise.get("sigma", 0.0)), float(noise.get("sigma_max", 0.0))
-        return (f"JPEG quality {int(noise.get('quality', 10))}-{int(noise.get('quality_max', 95))}, after "
-                f"gaussian σ {lo:g}-{max(lo, hi):g} on {float(noise.get('noise_share', 0.5)):.0%} of the images")
+        qualities, share = f"JPEG quality {int(noise.get('quality', 10))}-{int(noise.get('quality_max', 95))}", \
+            float(noise.get("noise_share", 0.5))
+        return (f"{qualities}, after gaussian σ {lo:g}-{max(lo, hi):g} on {share:.0%} of the images" if share > 0
+                else f"{qualities}, no noise before it")
     if kind == "poisson":
         lo, hi = float(noise.get("peak", 30.0)), float(noise.get("peak_max", 0.0))
         return f"poisson shot noise, peak {lo:g}" + (f"-{hi:g}" if hi > lo else "")

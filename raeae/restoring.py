@@ -41,8 +41,8 @@ class RestoreConfig:
 
     model: str = field(default=ckpt.AUTO, metadata={
         "help": "builtin:auto (per image, the bundled model made for it: gray images to builtin:gray, "
-                "colour ones to a bundled colour model when one ships, else to builtin:gray channel by "
-                "channel), builtin:NAME, or a checkpoint folder or model.pt (local or s3://) from "
+                "colour ones to builtin:color, JPEG-damaged ones to the JPEG model that learnt the narrowest "
+                "range of qualities holding theirs), builtin:NAME, or a checkpoint folder or model.pt (local or s3://) from "
                 "`raeae train --output`; `raeae info --model M` says what a model is"})
     input: str = field(default="", metadata={"help": "folder or prefix of images (local, s3://, gs://...), "
                                                      "searched recursively"})

@@ -232,7 +232,7 @@ class ModelStage:
                 try:
                     image, damage = self._prepare(row)
                     if damage.kind is not Kind.NONE:  # --damage none: written back as it came
-                        model = pick_model(self.models, image, jpeg=damage.kind is Kind.JPEG)
+                        model = pick_model(self.models, image, jpeg=damage.jpeg)
                         groups.setdefault(self.models.index(model), []).append((i, image, damage))
                 except Exception as exc:  # noqa: BLE001
                     row["error"] = _error_text(exc)

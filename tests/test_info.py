@@ -68,6 +68,10 @@ def test_a_self_supervised_checkpoint_names_the_scheme_it_learned_with(metrics, 
     ({"noise": "gaussian", "sigma": 5.0, "sigma_max": 50.0}, "gaussian σ 5-50 (blind)"),
     ({"noise": "mask", "amount": 0.2}, "mask, 20% of the pixels"),
     ({"noise": "block", "block": 8}, "block masks of 8x8 pixels"),
+    ({"noise": "jpeg", "sigma": 5.0, "sigma_max": 30.0, "quality": 10, "quality_max": 95, "noise_share": 0.5},
+     "JPEG quality 10-95, after gaussian σ 5-30 on 50% of the images"),
+    ({"noise": "jpeg", "sigma": 5.0, "sigma_max": 30.0, "quality": 10, "quality_max": 50, "noise_share": 0.0},
+     "JPEG quality 10-50, no noise before it"),
 ])
 def test_noise_in_words(noise, words):
     assert noise_text(noise) == words

@@ -96,9 +96,31 @@ def test_packed_jpeg_restores_equal_one_image_at_a_time_and_pick_the_jpeg_model(
     plain = build_model(ModelConfig(patch_size=13, channels=3, hidden=(8,), latent=4, decoder_hidden=(8,)))
     gray = build_model(ModelConfig(patch_size=13, channels=1, hidden=(8,), latent=4, decoder_hidden=(8,)))
     models = [gray, plain, model]
-    assert pick_model(models, images[0], jpeg=True) is model
-    assert pick_model(models, images[2], jpeg=True) is model  # a gray JPEG too: the colour JPEG model
+    assert pick_model(models, images[0], jpeg=findings[0]) is model
+    assert pick_model(models, images[2], jpeg=findings[0]) is model  # a gray JPEG too: the colour JPEG model
     assert pick_model(models, images[0]) is plain and pick_model(models, images[2]) is gray
+    assert pick_model(models, images[0], jpeg=JpegFinding(0.0)) is plain  # scale 0: no JPEG damage
+
+
+def test_each_jpeg_goes_to_the_model_that_learnt_the_narrowest_range_holding_its_quality(tmp_path):
+    from raeae import checkpoint as ckpt
+
+    def saved(qualities: tuple[int, int], seed: int) -> torch.nn.Module:
+        m = jpeg_model(seed=seed)
+        noise = NoiseConfig(noise=Noise.JPEG, quality=qualities[0], quality_max=qualities[1])
+        path = ckpt.save(ckpt.checkpoint_state(m, m.config, noise=noise.to_dict()), str(tmp_path / str(seed)))
+        return ckpt.load_model(path)
+
+    every, low = saved((10, 95), 0), saved((10, 50), 1)
+    assert (every.jpeg_qualities, low.jpeg_qualities) == ((10, 95), (10, 50))  # read back from the checkpoint
+    plain = build_model(ModelConfig(patch_size=13, channels=3, hidden=(8,), latent=4, decoder_hidden=(8,)))
+    image = compress(photo("astronaut.png")[:40, :56], 20)
+    for models in ([plain, every, low], [low, every, plain]):  # not by their order
+        assert pick_model(models, image, jpeg=JpegFinding(ijg_scale(20))) is low
+        assert pick_model(models, image, jpeg=JpegFinding(ijg_scale(50))) is low  # the range's ends included
+        assert pick_model(models, image, jpeg=JpegFinding(ijg_scale(75))) is every
+        assert pick_model(models, image, jpeg=JpegFinding(ijg_scale(5))) is low  # none holds it: the narrowest
+        assert pick_model(models, image) is plain
 
 
 @pytest.mark.parametrize("quality", [20])
