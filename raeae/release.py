@@ -65,6 +65,31 @@ def git_commit(repo: str = ".") -> str:
         return "unknown"
 
 
+def _run_record(state: dict) -> dict:
+    """What a checkpoint says of the run that made it: data, wall minutes, epochs."""
+    # a slim export keeps the history at the top; a Ray Train checkpoint keeps it in its progress
+    history = state.get("history") or state.get("progress", {}).get("history", [])
+    return {"train_data": state.get("train_config", {}).get("data", ""),
+            # wall minutes of the run (validation included); runs from before elapsed_s was recorded: the
+            # minutes inside the training loops
+            "train_minutes": round((max((h.get("elapsed_s", 0.0) for h in history), default=0.0)
+                                    or sum(h.get("epoch_s", 0.0) for h in history)) / 60, 1),
+            "epochs": len(history)}
+
+
+def _init_record(state: dict) -> dict:
+    """For a fine-tune, the model it started from (``init``) and that model's record (``init_provenance``):
+    a release's provenance, or for an unreleased checkpoint its training config and run, and its own
+    ``init`` in turn, so every step down to the first release is on record."""
+    init = state.get("train_config", {}).get("init", "")
+    if not init:
+        return {}
+    parent = ckpt.load_state(init)[0]
+    record = parent.get("provenance") or {"train_config": parent.get("train_config", {}), **_run_record(parent),
+                                          **_init_record(parent)}
+    return {"init": init, "init_provenance": record}
+
+
 def package(trained: str, target: str, command: str, commit: str, test_data: str,
             sigmas: list[float] = (15.0, 25.0, 50.0), limit: int = 0) -> dict:
     """Write the slim checkpoint ``trained`` to ``target`` in fp16 with a provenance record, after
@@ -77,23 +102,15 @@ def package(trained: str, target: str, command: str, commit: str, test_data: str
     # fp16 halves the size; measure what ships, the fp16 weights, not the fp32 ones.
     half = {k: v.to(torch.float16) for k, v in state["model"].items()}
     model.load_state_dict(half)
-    # a slim export keeps the history at the top; a Ray Train checkpoint keeps it in its progress
-    history = state.get("history") or state.get("progress", {}).get("history", [])
+    lo, hi = model.jpeg_qualities
     provenance = {
-        "command": command, "commit": commit, "train_data": state.get("train_config", {}).get("data", ""),
-        # wall minutes of the run (validation included); runs from before elapsed_s was recorded: the
-        # minutes inside the training loops
-        "train_minutes": round((max((h.get("elapsed_s", 0.0) for h in history), default=0.0)
-                                or sum(h.get("epoch_s", 0.0) for h in history)) / 60, 1),
-        "epochs": len(history), "test_data": test_data, "test_images": len(images),
-        "psnr_db": (measure_jpeg(model, images, list(JPEG_QUALITIES)) if model.config.jpeg_input
-                    else measure(model, images, list(sigmas))), "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "dtype": "float16",
+        "command": command, "commit": commit, **_run_record(state), "test_data": test_data,
+        "test_images": len(images),
+        "psnr_db": (measure_jpeg(model, images, [q for q in JPEG_QUALITIES if lo <= q <= hi])
+                    if model.config.jpeg_input else measure(model, images, list(sigmas))),
+        "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "dtype": "float16",
     }
-    init = state.get("train_config", {}).get("init", "")
-    if init:  # a fine-tune: its total training includes the model it started from, whose record this keeps
-        provenance["init"] = init
-        provenance["init_provenance"] = ckpt.load_state(init)[0].get("provenance")
+    provenance.update(_init_record(state))
     slim = {k: v for k, v in state.items() if k not in ("history", "optimizer", "progress")}
     slim["model"] = half
     slim["provenance"] = provenance

@@ -135,6 +135,28 @@ def test_packaging_a_fine_tune_keeps_the_record_of_the_model_it_started_from(tmp
     assert ckpt.load_state(target)[0]["provenance"]["init_provenance"]["train_minutes"] > 0
 
 
+def test_packaging_keeps_the_record_of_unreleased_steps_down_to_the_last_release(tmp_path):
+    """A release fine-tuned from a checkpoint that was never packaged, itself fine-tuned from a release:
+    the unpackaged step's training config and run are on record, then the release it started from."""
+    from raeae.data import copy_samples
+    from raeae.model import ModelConfig, build_model
+    from raeae.release import package
+
+    cfg = ModelConfig(patch_size=5, hidden=(8,), latent=4, residual=True)
+    step = {"data": "train", "init": "builtin:gray", "lr": 2e-4}
+    ckpt.save(ckpt.checkpoint_state(build_model(cfg), cfg, train_config=step,
+                                    history=[{"epoch": 1, "elapsed_s": 120.0}]), str(tmp_path / "step"))
+    ckpt.save(ckpt.checkpoint_state(build_model(cfg), cfg, train_config={"data": "train", "init": str(tmp_path / "step")},
+                                    history=[{"epoch": 1, "elapsed_s": 60.0}]), str(tmp_path / "trained"))
+    copy_samples(tmp_path / "test", ("camera.png",))
+    p = package(str(tmp_path / "trained"), str(tmp_path / "bundled.pt"), "raeae train ...", "0" * 40,
+                str(tmp_path / "test"), sigmas=[25.0])
+    unreleased = p["init_provenance"]
+    assert p["init"] == str(tmp_path / "step") and unreleased["train_config"] == step
+    assert unreleased["train_minutes"] == 2.0 and unreleased["init"] == "builtin:gray"
+    assert unreleased["init_provenance"] == ckpt.load_state("builtin:gray")[0]["provenance"]
+
+
 @pytest.mark.parametrize("image, quality", [("astronaut.png", 20), ("camera.png", 20), ("coffee.png", 40)])
 def test_the_jpeg_model_undoes_jpeg_that_the_noise_models_leave(image, quality):
     """builtin:jpeg on a JPEG of a sample photograph (its quality found in its pixels, or told), against
