@@ -25,6 +25,21 @@ release() {
         --command-file "$dir/$name.cmd" --commit-file "$dir/$name.commit"
 }
 
+# step DIR NAME COMMAND: a training step that is not packaged (a later release starts from it); its
+# command and commit are recorded in DIR beside its checkpoint DIR/NAME, which the release's provenance
+# describes from the checkpoint itself (raeae.release).
+step() {
+    local dir=$1 name=$2 cmd=$3
+    if [[ -n ${RELEASE_DRY_RUN:-} ]]; then
+        printf 'train: %s\n' "$cmd"
+        return
+    fi
+    mkdir -p "$dir"
+    git rev-parse HEAD > "$dir/$name.commit"
+    printf '%s\n' "$cmd" > "$dir/$name.cmd"
+    bash "$dir/$name.cmd"
+}
+
 # builtin:gray, first release - blind (σ 0-55), Train400, the photo recipe's network, 45 minutes on 2 CPUs
 # (263 epochs, fp32). BSD68 σ=25: 27.98 dB. Ran at commit e257393 with the flags spelled out; they equal
 # today's photo preset plus the blind range.

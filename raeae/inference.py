@@ -65,6 +65,27 @@ def _dihedral_views(batch: torch.Tensor):
             yield fwd, inv
 
 
+def _grid_views(batch: torch.Tensor):
+    """The 4 flips of a batch ``(B, C, H, W)`` whose JPEG grid starts at its corner, each with its inverse.
+    A flipped JPEG is a JPEG of the flipped image (same tables, blocks still 8×8 and 16×16 for chroma),
+    but its grid now starts at the far edge's phase: each view is replicate-padded on the top and left
+    so that the grid starts at its corner again. Rotations would transpose the quantisation tables."""
+    h, w = batch.shape[-2:]
+    for flip_rows in (False, True):
+        for flip_cols in (False, True):
+            dims = [d for d, flipped in ((2, flip_rows), (3, flip_cols)) if flipped]
+            py, px = (-h) % 16 if flip_rows else 0, (-w) % 16 if flip_cols else 0
+
+            def fwd(t, dims=dims, py=py, px=px):
+                t = torch.flip(t, dims) if dims else t
+                return F.pad(t, (px, 0, py, 0), mode="replicate") if py or px else t
+
+            def inv(t, dims=dims, py=py, px=px):
+                t = t[..., py:, px:]
+                return torch.flip(t, dims) if dims else t
+            yield fwd, inv
+
+
 def _gray(image: np.ndarray) -> bool:
     """Whether an H×W or H×W×C image is gray (L, or LA: alpha is not restored)."""
     return image.ndim == 2 or image.shape[2] in (1, 2)
@@ -138,15 +159,15 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
     the network (a tile is one row, or three for an opponent-colour model, one per plane): a 64×64
     image is only ~100 tiles of 13×13, too few for an efficient matrix multiply on its own.
     The result is the same as restoring each image alone. With ``ensemble`` each image is restored in
-    its 8 flips/rotations and the results averaged (8× the work). ``precision`` sets the number format
+    its 8 flips/rotations and the results averaged (8× the work; an image restored on its JPEG grid in its 4
+    flips, each tiled on the flipped grid: 4×). ``precision`` sets the number format
     of the forward passes. ``on_forward``, if given, receives the seconds of each forward pass (the
     part of the work a faster accelerator shrinks; tiling and stitching around it stay). A model that
     takes the noise level (``noise_input``) is told ``noise_level`` (σ, 0-255 scale) for every image,
     or by default each image's own estimate (:func:`noise_level_of`); ``on_sigma``, if given, receives
     the σ each image was told, in order (None for a model that takes none). A model that takes the JPEG
     damage (``jpeg_input``) is told each image's ``jpeg`` finding (None or scale 0: none), tile by tile
-    on the block grid (:func:`_jpeg_layout`); the ensemble's flips would move the grid, so such
-    images are restored once. Images over :data:`raeae.bands.BAND_PIXELS` are restored band by band
+    on the block grid (:func:`_jpeg_layout`). Images over :data:`raeae.bands.BAND_PIXELS` are restored band by band
     (``bands``; :mod:`raeae.bands`), so memory follows the band, not the image."""
     findings = jpeg or [None] * len(images)
     if bands and any(is_large(image) for image in images):
@@ -212,11 +233,12 @@ def restore_arrays(model: DenseAutoencoder, images: list[np.ndarray], stride: in
 
     for i, (batch, image_stride, _, scale) in enumerate(layouts):
         grid = TileGrid.of(batch, cfg.patch_size, image_stride, cfg.margin)
-        if (ensemble and scale == 0) or grid.count > pack_tiles:
+        if ensemble or grid.count > pack_tiles:
             def one(b: torch.Tensor, i=i, s=image_stride) -> torch.Tensor:
                 return restore_tiles(lambda t, ys, xs: fn(t, levels[i], contexts(i, ys, xs)), b, cfg.patch_size,
                                      s, batch_size=tiles_per_pass, blend=blend, positions=True, margin=cfg.margin)
-            views = list(_dihedral_views(batch)) if ensemble and scale == 0 else [(lambda t: t, lambda t: t)]
+            views = (list(_dihedral_views(batch)) if scale == 0 else list(_grid_views(batch))) if ensemble \
+                else [(lambda t: t, lambda t: t)]
             out = sum(inv(one(fwd(batch))) for fwd, inv in views) / len(views)
             results[i] = finish(i, out)
             continue

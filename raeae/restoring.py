@@ -81,7 +81,7 @@ class RestoreConfig:
                 "natively (GPUs, CPUs with AVX512-BF16/AMX), else fp32"})
     ensemble: bool = field(default=False, metadata={
         "help": "restore each image in its 8 flips/rotations and average them (a little better, 8x the "
-                "work; JPEG-damaged images are restored once, their grid fixed)"})
+                "work; JPEG-damaged images in their 4 flips, each tiled on its own grid: 4x)"})
     noise_level: float = field(default=0.0, metadata={
         "help": "for models trained with --noise-input: the noise σ (0-255) they are told for every image; "
                 "0 = each image's own estimate. Higher smooths more, lower keeps more detail"})

@@ -141,3 +141,32 @@ def test_a_short_jpeg_fine_tune_learns_to_undo_jpeg(quality):
     first = trainer.run_epoch(1, Clock(float("inf")))["train_loss"]
     last = trainer.run_epoch(2, Clock(float("inf")))["train_loss"]
     assert last < first
+
+
+@pytest.mark.parametrize("height, width", [(37, 53), (48, 32), (16, 9)])
+def test_each_flipped_view_of_a_jpeg_keeps_its_blocks_on_a_grid_from_the_corner(height, width):
+    from raeae.inference import _grid_views
+
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    block = ((ys // 16) * 100 + xs // 16).float()[None, None]  # each pixel labelled with its 16×16 block
+    views = list(_grid_views(block))
+    assert len(views) == 4
+    for fwd, inv in views:
+        view = fwd(block)
+        assert torch.equal(inv(view), block)
+        h, w = view.shape[-2:]
+        for y in range(0, h, 16):
+            for x in range(0, w, 16):  # every block of the view, its padding included, is one block of the image
+                assert view[..., y:y + 16, x:x + 16].unique().numel() == 1
+
+
+def test_the_ensemble_restores_a_jpeg_in_four_flips_each_on_its_own_grid():
+    model = jpeg_model()
+    image = compress(photo("astronaut.png")[:45, :61], 20)
+    finding = JpegFinding(ijg_scale(20), (3, 5))
+    once, four = restore_array(model, image, jpeg=finding), restore_array(model, image, jpeg=finding, ensemble=True)
+    assert four.shape == image.shape and not np.array_equal(once, four)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()  # a residual net with zero weights is the identity: every view must land back in place
+    assert np.array_equal(restore_array(model, image, jpeg=finding, ensemble=True), image)
