@@ -101,3 +101,18 @@ release runs/release8 color ../shared/data/cbsd68 \
 # release() packages.)
 release runs/release9 jpeg ../shared/data/cbsd68 \
     ".venv/bin/raeae train --data ../shared/data/cbsd432 --output runs/release9/jpeg --channels 3 --color opponent --init builtin:color --noise jpeg --sigma 5 --sigma-max 30 --quality 10 --quality-max 95 --lr 2e-4 --max-minutes 80 --val-fraction 0.02 --storage-path runs/release9/ray --run-name release-color-jpeg-1"
+
+# builtin:jpeg-low, first release - JPEG qualities 10-50, no noise before compression: where the JPEG model
+# gains least over its input (q20: +0.86 dB), a model for low qualities alone. builtin:auto sends a JPEG
+# to it when its quality lies in 10-50 (the narrowest range that holds it; raeae.inference.pick_model).
+# Three fine-tunes on 2 CPUs, each from the one before, lr 2e-4 with cosine decay, bf16:
+# builtin:jpeg 15 more minutes on its own recipe (ran with --init raeae/models/jpeg.pt, the same file;
+# at fd1befa), then 15 with noise on a fifth of the images (at 219f00d), then 40 minutes on qualities
+# 10-50 without noise (86 epochs, at b4eb130; the run wrote to runs/release11/lowq, a folder renamed
+# before packaging). CBSD68 told each file's quality: q10/20/40 +1.07/+1.03/+1.02 dB.
+step runs/release10 ab-plain \
+    ".venv/bin/raeae train --data ../shared/data/cbsd432 --output runs/release10/ab-plain --channels 3 --color opponent --init builtin:jpeg --noise jpeg --sigma 5 --sigma-max 30 --quality 10 --quality-max 95 --lr 2e-4 --max-minutes 15 --val-fraction 0.02 --storage-path runs/release10/ray --run-name ab-plain"
+step runs/release10 ab-share \
+    ".venv/bin/raeae train --data ../shared/data/cbsd432 --output runs/release10/ab-share --channels 3 --color opponent --init runs/release10/ab-plain --noise jpeg --sigma 5 --sigma-max 30 --noise-share 0.2 --quality 10 --quality-max 95 --lr 2e-4 --max-minutes 15 --val-fraction 0.02 --storage-path runs/release10/ray --run-name ab-share"
+release runs/release11 jpeg-low ../shared/data/cbsd68 \
+    ".venv/bin/raeae train --data ../shared/data/cbsd432 --output runs/release11/jpeg-low --channels 3 --color opponent --init runs/release10/ab-share --noise jpeg --sigma 5 --sigma-max 30 --noise-share 0 --quality 10 --quality-max 50 --lr 2e-4 --max-minutes 40 --val-fraction 0.02 --storage-path runs/release11/ray --run-name lowq"

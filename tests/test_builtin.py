@@ -19,7 +19,7 @@ from raeae.evaluate import make_noisy
 from raeae.metrics import psnr
 from tests.conftest import ROOT, photo
 
-NAMES = ("gray", "color", "jpeg")
+NAMES = ("gray", "color", "jpeg", "jpeg-low")
 NOISE_MODELS = ("gray", "color")
 
 
@@ -38,8 +38,9 @@ def test_bundled_model_carries_its_provenance(name):
     p = state["provenance"]
     assert "raeae train" in p["command"] and len(p["commit"]) == 40 and p["train_minutes"] > 0
     assert p["train_data"] and p["test_data"]
-    if name == "jpeg":  # measured on JPEGs of the test set, told their quality as restore reads it
-        assert set(p["psnr_db"]) == {"jpeg 10", "jpeg 20", "jpeg 40", "jpeg 75"}
+    if name.startswith("jpeg"):  # measured on JPEGs of the test set at the qualities it learnt, told them
+        lo, hi = ckpt.model_from_state(state).jpeg_qualities
+        assert set(p["psnr_db"]) == {f"jpeg {q}" for q in (10, 20, 40, 75) if lo <= q <= hi}
         assert all(v["model"] > v["noisy"] + 0.4 for v in p["psnr_db"].values())
     else:
         assert set(p["psnr_db"]) == {"15", "25", "50"}
@@ -58,8 +59,10 @@ def test_each_bundled_model_comes_from_a_command_of_the_release_script_that_stil
     assert len(commands) >= 4 and all(c.startswith(".venv/bin/raeae train ") for c in commands), r.stdout
     for command in commands:
         _, cfg = train_config_from_args(build_parser(only="train").parse_args(shlex.split(command)[1:]))
-        if cfg.noise.noise is Noise.JPEG:  # the JPEG model: told the damage, noise of σ 5-30 before compression
-            assert cfg.model.jpeg_input and cfg.model.noise_input and (cfg.noise.quality, cfg.noise.quality_max) == (10, 95)
+        if cfg.noise.noise is Noise.JPEG:  # the JPEG models: told the damage; all qualities with noise before
+            assert cfg.model.jpeg_input and cfg.model.noise_input  # compression, or low qualities without
+            assert ((cfg.noise.quality, cfg.noise.quality_max) == (10, 95) and cfg.noise.noise_share > 0) or \
+                ((cfg.noise.quality, cfg.noise.quality_max) == (10, 50) and cfg.noise.noise_share == 0)
         else:  # every noise model is blind over σ 0-55
             assert (cfg.noise.sigma, cfg.noise.sigma_max) == (0, 55)
     for name in NAMES:
@@ -116,6 +119,21 @@ def test_restore_without_model_sends_each_image_to_its_bundled_model(ray_session
     colour_model = ids.get("color", ids["gray"])  # without a bundled colour model: gray, channel by channel
     assert by_name["rgb.png"]["model_id"] == colour_model and by_name["rgba.png"]["model_id"] == colour_model
     assert by_name["rgba.png"]["channels"] == 4 and by_name["rgb.png"]["channels"] == 3  # alpha kept
+
+
+def test_builtin_auto_sends_low_quality_jpegs_to_jpeg_low_and_the_rest_to_jpeg():
+    from raeae.inference import pick_model
+    from raeae.jpeg import JpegFinding, ijg_scale
+
+    names = ckpt.auto_names()
+    models = [ckpt.model_from_state(ckpt.parse(b)) for b in ckpt.read_models(ckpt.AUTO)]
+    by_name = dict(zip(names, models))
+    for image in (photo("astronaut.png")[:64, :64], photo("camera.png")[:64, :64]):  # colour, gray
+        for quality in (10, 20, 50):
+            assert pick_model(models, image, jpeg=JpegFinding(ijg_scale(quality))) is by_name["jpeg-low"]
+        for quality in (60, 75, 95):
+            assert pick_model(models, image, jpeg=JpegFinding(ijg_scale(quality))) is by_name["jpeg"]
+    assert pick_model(models, photo("camera.png")[:64, :64]) is by_name["gray"]
 
 
 def test_packaging_a_fine_tune_keeps_the_record_of_the_model_it_started_from(tmp_path):

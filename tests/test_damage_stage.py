@@ -54,6 +54,8 @@ def test_rows_say_what_damage_was_found_and_where_it_came_from(damaged_folder):
                      "c-dust.png": ("impulse", "image"), "d-noisy.png": ("noise", "image"),
                      "e-flat.png": ("unknown", "image"), "f-broken.png": (None, None)}
     assert rows["a-camera.jpg"]["jpeg_quality"] == pytest.approx(20, abs=0.5)
+    low = ckpt.model_id(ckpt.read_checkpoint_bytes("builtin:jpeg-low"))
+    assert rows["a-camera.jpg"]["model_id"] == low and rows["b-resaved.png"]["model_id"] == low  # q20, q30
     assert rows["b-resaved.png"]["jpeg_quality"] == pytest.approx(30, abs=1.5)
     assert rows["c-dust.png"]["impulse_share"] == pytest.approx(0.05, rel=0.3)
     assert rows["d-noisy.png"]["jpeg_quality"] is None and rows["d-noisy.png"]["noise_sigma"] > 20
