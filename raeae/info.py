@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from raeae import checkpoint as ckpt
+from raeae.jpeg import PHASE_STEP
 from raeae.storage import StorageConfig
 
 
@@ -127,10 +128,14 @@ def info_lines(d: dict) -> list[str]:
              f"  learned     {learned_text(h)}",
              f"  trained     {training_text(h, d['model'])}",
              f"  validation  {validation_text(h.get('metrics', {}))}",
-             f"  restores    in {_tiles(h['model_config'])} at stride {d['stride']}"]
+             f"  restores    in {_tiles(h['model_config'])} at stride {d['stride']}"
+             + (f", JPEG-damaged images at stride {PHASE_STEP} on their block grid"
+                if h["model_config"].get("jpeg_input") else "")]
     prov = h.get("provenance", {})
     if prov.get("psnr_db"):
-        scores = ", ".join(f"σ={s} {v['noisy']:.2f} -> {v['model']:.2f} dB" for s, v in prov["psnr_db"].items())
+        # keys are a σ ("25") for the noise models, "jpeg Q" for the JPEG ones
+        scores = ", ".join(f"{s if s.startswith('jpeg') else 'σ=' + s} {v['noisy']:.2f} -> {v['model']:.2f} dB"
+                           for s, v in prov["psnr_db"].items())
         lines.append(f"  measured    {prov.get('test_data', '?')} ({prov.get('test_images', '?')} images): {scores}")
     if prov.get("command"):
         lines.append(f"  made by     {prov['command']}  (commit {str(prov.get('commit', '?'))[:12]})")
