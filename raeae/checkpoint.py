@@ -101,7 +101,7 @@ def auto_names() -> list[str]:
 
 def read_models(uri: str, storage: StorageConfig = StorageConfig()) -> list[bytes]:
     """The checkpoint(s) a restore uses: the one at ``uri``, or for ``builtin:auto`` every bundled
-    model of gray and colour (:func:`auto_names`; each image then goes to the one that fits it, see
+    model (:func:`auto_names`; each image then goes to the one that fits it, see
     :func:`raeae.inference.pick_model`)."""
     if uri == AUTO:
         found = [_builtin_bytes(BUILTIN + n) for n in auto_names()]
@@ -113,7 +113,7 @@ def read_models(uri: str, storage: StorageConfig = StorageConfig()) -> list[byte
 
 @dataclass(frozen=True)
 class RunModels:
-    """The checkpoint(s) a run restores with (two or three for ``builtin:auto``), read once: their bytes,
+    """The checkpoint(s) a run restores with (several for ``builtin:auto``), read once: their bytes,
     headers (read now, so a bad checkpoint fails before Ray starts) and ids."""
 
     uri: str
