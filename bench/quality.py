@@ -18,7 +18,9 @@ wavelet / NL-means on the very same noisy images, and the published numbers:
         --test-color ../shared/data/cbsd68 --sigmas 15,25,50 --minutes 10
 
 Noisy images are clipped to [0, 255] and quantised to 8 bits (what an archive holds), so the noisy
-PSNR is a little higher than the unclipped float noise of the published protocol.
+PSNR is a little higher than the unclipped float noise of the published protocol. The other damage
+archives hold (impulses, JPEG, noise then JPEG, shot noise), restored with no flags in one folder the
+way `raeae restore` meets them: ``bench/damage.py``.
 """
 
 from __future__ import annotations

@@ -9,25 +9,9 @@
 # training command still parses with today's flags).
 set -euo pipefail
 
-# release DIR NAME TEST COMMAND: train with COMMAND (its --output must be DIR/NAME), record the command
-# and the commit in DIR, then package DIR/NAME as raeae/models/NAME.pt with the PSNRs measured on TEST.
-release() {
-    local dir=$1 name=$2 test=$3 cmd=$4
-    if [[ -n ${RELEASE_DRY_RUN:-} ]]; then
-        printf 'train: %s\n' "$cmd"
-        return
-    fi
-    mkdir -p "$dir"
-    git rev-parse HEAD > "$dir/$name.commit"
-    printf '%s\n' "$cmd" > "$dir/$name.cmd"
-    bash "$dir/$name.cmd"
-    .venv/bin/python bench/release.py --trained "$dir/$name" --name "$name" --test "$test" \
-        --command-file "$dir/$name.cmd" --commit-file "$dir/$name.commit"
-}
-
-# step DIR NAME COMMAND: a training step that is not packaged (a later release starts from it); its
-# command and commit are recorded in DIR beside its checkpoint DIR/NAME, which the release's provenance
-# describes from the checkpoint itself (raeae.release).
+# step DIR NAME COMMAND: train with COMMAND (its --output must be DIR/NAME) and record the command and
+# the commit in DIR. Alone, a step that is not packaged (a later release starts from it; the release's
+# provenance describes it from its checkpoint, raeae.release).
 step() {
     local dir=$1 name=$2 cmd=$3
     if [[ -n ${RELEASE_DRY_RUN:-} ]]; then
@@ -38,6 +22,16 @@ step() {
     git rev-parse HEAD > "$dir/$name.commit"
     printf '%s\n' "$cmd" > "$dir/$name.cmd"
     bash "$dir/$name.cmd"
+}
+
+# release DIR NAME TEST COMMAND: a step, then DIR/NAME packaged as raeae/models/NAME.pt with the PSNRs
+# measured on TEST.
+release() {
+    local dir=$1 name=$2 test=$3 cmd=$4
+    step "$dir" "$name" "$cmd"
+    [[ -n ${RELEASE_DRY_RUN:-} ]] && return
+    .venv/bin/python bench/release.py --trained "$dir/$name" --name "$name" --test "$test" \
+        --command-file "$dir/$name.cmd" --commit-file "$dir/$name.commit"
 }
 
 # builtin:gray, first release - blind (σ 0-55), Train400, the photo recipe's network, 45 minutes on 2 CPUs
