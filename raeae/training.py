@@ -83,13 +83,11 @@ def init_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
         if model_cfg.jpeg_input:
             raise ValueError("--noise-input --init: the checkpoint takes JPEG inputs but no noise level")
         model_cfg = replace(model_cfg, noise_input=True)
-        first = weights["encoder.0.weight"]
-        weights["encoder.0.weight"] = torch.cat([first, first.new_zeros(first.shape[0], 1)], dim=1)
+        _add_zero_inputs(weights, 1)
     if cfg.model.jpeg_input and not model_cfg.jpeg_input:
         # `--jpeg-input --init M`: the JPEG inputs come last, their weights start at zero (as the level's)
         model_cfg = replace(model_cfg, jpeg_input=True)
-        first = weights["encoder.0.weight"]
-        weights["encoder.0.weight"] = torch.cat([first, first.new_zeros(first.shape[0], JPEG_INPUTS)], dim=1)
+        _add_zero_inputs(weights, JPEG_INPUTS)
     deeper = _deepened(model_cfg, cfg.model)
     if deeper != model_cfg:
         # `--hidden 1024,1024 --init C` (C: 1024): the added layers start as the identity, so training
@@ -101,6 +99,12 @@ def init_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
         weights["encoder.0.weight"] = widen_margin(weights["encoder.0.weight"], model_cfg, cfg.model.margin)
         model_cfg = replace(model_cfg, margin=cfg.model.margin)
     return replace(cfg, model=model_cfg, stride=min(cfg.stride, model_cfg.patch_size)), weights
+
+
+def _add_zero_inputs(weights: dict, count: int) -> None:
+    """``count`` more inputs last in the first layer, their weights zero: the network's output is unchanged."""
+    first = weights["encoder.0.weight"]
+    weights["encoder.0.weight"] = torch.cat([first, first.new_zeros(first.shape[0], count)], dim=1)
 
 
 def widen_margin(first: torch.Tensor, model_cfg: ModelConfig, margin: int) -> torch.Tensor:
