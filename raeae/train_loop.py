@@ -188,8 +188,11 @@ class EpochTrainer:
     def advance(self, metrics: dict, clock: "Clock", stop_cfg: TrainConfig) -> None:
         """The epoch's bookkeeping, and the one collective decision whether to stop (``stop_cfg``: the
         config as given, whose epochs and patience count)."""
+        # the run's wall seconds so far, in the epoch's history entry too: a release's training minutes and
+        # a resumed run's "this time" are read from the history
+        metrics["elapsed_s"] = clock.elapsed()
         progress = advance(self.progress, metrics, self.model)
-        self.progress = replace(progress, stopped=decide_stop(stop_cfg, progress, clock), elapsed_s=clock.elapsed())
+        self.progress = replace(progress, stopped=decide_stop(stop_cfg, progress, clock), elapsed_s=metrics["elapsed_s"])
 
     def save(self, metrics: dict, cfg: TrainConfig) -> None:
         """Every rank reports; rank 0 attaches the checkpoint (DDP weights are identical on all ranks)."""

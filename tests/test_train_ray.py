@@ -39,6 +39,8 @@ def test_two_workers_stop_together_when_rank0_validation_outlasts_the_budget(ray
     first = train(cfg)
     assert first.stopped == "time budget" and first.epochs_trained == len(first.history) >= 2
     assert 0.1 < first.minutes_trained < 1.0
+    elapsed = [h["elapsed_s"] for h in first.history]  # each epoch records the run's wall time so far
+    assert elapsed == sorted(elapsed) and elapsed[-1] == pytest.approx(first.minutes_trained * 60, abs=1.0)
     assert np.isfinite(first.best_val_psnr) and first.best_val_psnr > first.best_val_psnr_noisy
     model_back = raeae.load_model(str(tmp_path / "best"))
     assert model_back.config == cfg.model
