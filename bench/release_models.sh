@@ -110,3 +110,13 @@ step runs/release10 ab-share \
     ".venv/bin/raeae train --data ../shared/data/cbsd432 --output runs/release10/ab-share --channels 3 --color opponent --init runs/release10/ab-plain --noise jpeg --sigma 5 --sigma-max 30 --noise-share 0.2 --quality 10 --quality-max 95 --lr 2e-4 --max-minutes 15 --val-fraction 0.02 --storage-path runs/release10/ray --run-name ab-share"
 release runs/release11 jpeg-low ../shared/data/cbsd68 \
     ".venv/bin/raeae train --data ../shared/data/cbsd432 --output runs/release11/jpeg-low --channels 3 --color opponent --init runs/release10/ab-share --noise jpeg --sigma 5 --sigma-max 30 --noise-share 0 --quality 10 --quality-max 50 --lr 2e-4 --max-minutes 40 --val-fraction 0.02 --storage-path runs/release11/ray --run-name lowq"
+
+# builtin:jpeg, second release - once builtin:jpeg-low takes qualities 10-50, builtin:auto sends this model
+# the JPEGs of quality above 50 only (the usual camera and scanner files, with noise before compression or
+# not), so it learns those alone: the first release's 15-minute continuation (ab-plain, above) fine-tuned
+# for 35 minutes on qualities 50-95, noise of σ 5-30 before compression on half of the images, lr 2e-4 with
+# cosine decay, bf16 (69 epochs, at cef63ac; the run wrote to runs/release11/jpeg-high, a folder renamed
+# before packaging). CBSD68 told each file's quality: q60/75/90 +0.87/+0.77/+1.04 dB (first release:
+# +0.84/+0.70/+0.77).
+release runs/release11 jpeg ../shared/data/cbsd68 \
+    ".venv/bin/raeae train --data ../shared/data/cbsd432 --output runs/release11/jpeg --channels 3 --color opponent --init runs/release10/ab-plain --noise jpeg --sigma 5 --sigma-max 30 --quality 50 --quality-max 95 --lr 2e-4 --max-minutes 35 --val-fraction 0.02 --storage-path runs/release11/ray --run-name jpeg-high"

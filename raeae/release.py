@@ -54,7 +54,8 @@ def measure_jpeg(model, images: list[tuple[str, np.ndarray]], qualities: list[in
     return out
 
 
-JPEG_QUALITIES = (10, 20, 40, 75)  # measured at release for a model told the JPEG damage
+# measured at release for a model told the JPEG damage, those in the range of qualities it learnt
+JPEG_QUALITIES = (10, 20, 40, 60, 75, 90)
 
 
 def git_commit(repo: str = ".") -> str:
@@ -94,7 +95,7 @@ def package(trained: str, target: str, command: str, commit: str, test_data: str
             sigmas: list[float] = (15.0, 25.0, 50.0), limit: int = 0) -> dict:
     """Write the slim checkpoint ``trained`` to ``target`` in fp16 with a provenance record, after
     measuring it on ``test_data`` (at each σ of Gaussian noise, or for a model told the JPEG damage at
-    each of :data:`JPEG_QUALITIES`); returns the provenance."""
+    each of :data:`JPEG_QUALITIES` it learnt); returns the provenance."""
     state, _ = ckpt.load_state(trained)
     model = ckpt.model_from_state(state)
     channels = model.config.channels

@@ -17,6 +17,7 @@ from raeae import checkpoint as ckpt
 from raeae.corrupt import Noise, NoiseConfig
 from raeae.evaluate import make_noisy
 from raeae.metrics import psnr
+from raeae.release import JPEG_QUALITIES
 from tests.conftest import ROOT, photo
 
 NAMES = ("gray", "color", "jpeg", "jpeg-low")
@@ -40,7 +41,7 @@ def test_bundled_model_carries_its_provenance(name):
     assert p["train_data"] and p["test_data"]
     if name.startswith("jpeg"):  # measured on JPEGs of the test set at the qualities it learnt, told them
         lo, hi = ckpt.model_from_state(state).jpeg_qualities
-        assert set(p["psnr_db"]) == {f"jpeg {q}" for q in (10, 20, 40, 75) if lo <= q <= hi}
+        assert set(p["psnr_db"]) == {f"jpeg {q}" for q in JPEG_QUALITIES if lo <= q <= hi}
         assert all(v["model"] > v["noisy"] + 0.4 for v in p["psnr_db"].values())
     else:
         assert set(p["psnr_db"]) == {"15", "25", "50"}
@@ -61,8 +62,8 @@ def test_each_bundled_model_comes_from_a_command_of_the_release_script_that_stil
         _, cfg = train_config_from_args(build_parser(only="train").parse_args(shlex.split(command)[1:]))
         if cfg.noise.noise is Noise.JPEG:  # the JPEG models: told the damage; all qualities with noise before
             assert cfg.model.jpeg_input and cfg.model.noise_input  # compression, or low qualities without
-            assert ((cfg.noise.quality, cfg.noise.quality_max) == (10, 95) and cfg.noise.noise_share > 0) or \
-                ((cfg.noise.quality, cfg.noise.quality_max) == (10, 50) and cfg.noise.noise_share == 0)
+            assert ((cfg.noise.quality, cfg.noise.quality_max) in ((10, 95), (50, 95)) and cfg.noise.noise_share > 0) \
+                or ((cfg.noise.quality, cfg.noise.quality_max) == (10, 50) and cfg.noise.noise_share == 0)
         else:  # every noise model is blind over σ 0-55
             assert (cfg.noise.sigma, cfg.noise.sigma_max) == (0, 55)
     for name in NAMES:
@@ -175,16 +176,18 @@ def test_packaging_keeps_the_record_of_unreleased_steps_down_to_the_last_release
     assert unreleased["init_provenance"] == ckpt.load_state("builtin:gray")[0]["provenance"]
 
 
-@pytest.mark.parametrize("image, quality", [("astronaut.png", 20), ("camera.png", 20), ("coffee.png", 40)])
-def test_the_jpeg_model_undoes_jpeg_that_the_noise_models_leave(image, quality):
-    """builtin:jpeg on a JPEG of a sample photograph (its quality found in its pixels, or told), against
-    the JPEG itself and against the noise model restore would use without it."""
+@pytest.mark.parametrize("image, quality, name", [("astronaut.png", 20, "jpeg-low"), ("camera.png", 20, "jpeg-low"),
+                                                  ("coffee.png", 40, "jpeg-low"), ("astronaut.png", 75, "jpeg"),
+                                                  ("camera.png", 60, "jpeg")])
+def test_the_jpeg_models_undo_jpeg_that_the_noise_models_leave(image, quality, name):
+    """The JPEG model builtin:auto picks for the quality, on a JPEG of a sample photograph (its quality found
+    in its pixels, or told), against the JPEG itself and against the noise model restore would use without it."""
     from raeae.inference import restore_array
     from raeae.jpeg import JpegFinding, compress, ijg_scale
 
     clean = photo(image)[150:342, 150:342]  # textured: a flat crop's blocks keep too few coefficients to tell
     damaged = compress(clean, quality)
-    jpeg_model = raeae.load_model("builtin:jpeg")
+    jpeg_model = raeae.load_model(f"builtin:{name}")
     noise_model = raeae.load_model("builtin:color" if clean.ndim == 3 else "builtin:gray")
     restored = raeae.restore_image(jpeg_model, damaged)  # its quality found in its blocks
     assert psnr(clean, restore_array(jpeg_model, damaged, jpeg=JpegFinding(ijg_scale(quality)))) == pytest.approx(

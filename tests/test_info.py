@@ -22,10 +22,11 @@ def test_builtin_auto_describes_both_bundled_models_with_their_release_record(ca
     color, jpeg = color.split("builtin:jpeg: ")
     jpeg, low = jpeg.split("builtin:jpeg-low: ")
     assert gray.startswith("builtin:gray: model id ")
-    assert "to undo JPEG quality 10-95, after gaussian σ 5-30 on 50% of the images" in jpeg
+    assert "to undo JPEG quality 50-95, after gaussian σ 5-30 on 50% of the images" in jpeg
     assert "to undo JPEG quality 10-50, no noise before it" in low and "jpeg 75" not in low
+    assert "jpeg 75 33.82 -> " in jpeg and "jpeg 20 28.15 -> " in low
     for text in (jpeg, low):
-        assert "jpeg 20 28.15 -> " in text and "σ=jpeg" not in text
+        assert "σ=jpeg" not in text
         assert "JPEG-damaged images at stride 4 on their block grid" in text
     assert "169+σ->[1024]->512->[1024]->169 (1,398,441 parameters)" in gray
     assert "on each of 3 opponent colour planes" in color and "opponent" not in gray
