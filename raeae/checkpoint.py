@@ -249,6 +249,7 @@ def model_from_state(state: dict) -> "DenseAutoencoder":
     noise = state.get("noise") or {}
     if model.config.jpeg_input and noise.get("noise") == "jpeg":
         model.jpeg_qualities = (int(noise.get("quality", 1)), int(noise.get("quality_max", 100)))
+        model.jpeg_noise = float(noise.get("noise_share", 0.5)) > 0
     return model.eval()
 
 

@@ -256,6 +256,7 @@ class DenseAutoencoder(nn.Module):
         # The JPEG qualities a jpeg_input model learnt (its checkpoint's training damage; set on loading):
         # builtin:auto sends each JPEG to the model that learnt the narrowest range holding its quality.
         self.jpeg_qualities: tuple[int, int] = (1, 100)
+        self.jpeg_noise = True  # whether it learnt JPEGs of noisy images too (a noise-free one gets none)
         n = config.net_features
         self.encoder = nn.Sequential(*_mlp([config.net_in_features + config.extra_inputs, *config.hidden, config.latent],
                                            config.activation))

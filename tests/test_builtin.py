@@ -124,17 +124,23 @@ def test_restore_without_model_sends_each_image_to_its_bundled_model(ray_session
 
 def test_builtin_auto_sends_low_quality_jpegs_to_jpeg_low_and_the_rest_to_jpeg():
     from raeae.inference import pick_model
-    from raeae.jpeg import JpegFinding, ijg_scale
+    from raeae.jpeg import JpegFinding, compress, ijg_scale
 
     names = ckpt.auto_names()
     models = [ckpt.model_from_state(ckpt.parse(b)) for b in ckpt.read_models(ckpt.AUTO)]
     by_name = dict(zip(names, models))
     for image in (photo("astronaut.png")[:64, :64], photo("camera.png")[:64, :64]):  # colour, gray
         for quality in (10, 20, 50):
-            assert pick_model(models, image, jpeg=JpegFinding(ijg_scale(quality))) is by_name["jpeg-low"]
+            jpeg = compress(image, quality)
+            assert pick_model(models, jpeg, jpeg=JpegFinding(ijg_scale(quality))) is by_name["jpeg-low"]
         for quality in (60, 75, 95):
-            assert pick_model(models, image, jpeg=JpegFinding(ijg_scale(quality))) is by_name["jpeg"]
+            jpeg = compress(image, quality)
+            assert pick_model(models, jpeg, jpeg=JpegFinding(ijg_scale(quality))) is by_name["jpeg"]
     assert pick_model(models, photo("camera.png")[:64, :64]) is by_name["gray"]
+    clean = photo("astronaut.png")[100:292, 100:292]  # noise before compression: the model that learnt it
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    assert pick_model(models, compress(noisy, 40), jpeg=JpegFinding(ijg_scale(40))) is by_name["jpeg"]
+    assert pick_model(models, compress(clean, 40), jpeg=JpegFinding(ijg_scale(40))) is by_name["jpeg-low"]
 
 
 def test_packaging_a_fine_tune_keeps_the_record_of_the_model_it_started_from(tmp_path):

@@ -105,9 +105,9 @@ def test_packed_jpeg_restores_equal_one_image_at_a_time_and_pick_the_jpeg_model(
 def test_each_jpeg_goes_to_the_model_that_learnt_the_narrowest_range_holding_its_quality(tmp_path):
     from raeae import checkpoint as ckpt
 
-    def saved(qualities: tuple[int, int], seed: int) -> torch.nn.Module:
+    def saved(qualities: tuple[int, int], seed: int, noise_share: float = 0.5) -> torch.nn.Module:
         m = jpeg_model(seed=seed)
-        noise = NoiseConfig(noise=Noise.JPEG, quality=qualities[0], quality_max=qualities[1])
+        noise = NoiseConfig(noise=Noise.JPEG, quality=qualities[0], quality_max=qualities[1], noise_share=noise_share)
         path = ckpt.save(ckpt.checkpoint_state(m, m.config, noise=noise.to_dict()), str(tmp_path / str(seed)))
         return ckpt.load_model(path)
 
@@ -121,6 +121,24 @@ def test_each_jpeg_goes_to_the_model_that_learnt_the_narrowest_range_holding_its
         assert pick_model(models, image, jpeg=JpegFinding(ijg_scale(75))) is every
         assert pick_model(models, image, jpeg=JpegFinding(ijg_scale(5))) is low  # none holds it: the narrowest
         assert pick_model(models, image) is plain
+
+
+def test_a_jpeg_model_that_learnt_no_noise_gets_only_jpegs_that_show_none(tmp_path):
+    from raeae import checkpoint as ckpt
+
+    def saved(qualities: tuple[int, int], noise_share: float, seed: int) -> torch.nn.Module:
+        m = jpeg_model(seed=seed)
+        noise = NoiseConfig(noise=Noise.JPEG, quality=qualities[0], quality_max=qualities[1], noise_share=noise_share)
+        return ckpt.load_model(ckpt.save(ckpt.checkpoint_state(m, m.config, noise=noise.to_dict()),
+                                         str(tmp_path / str(seed))))
+
+    every, low = saved((10, 95), 0.5, 0), saved((10, 50), 0.0, 1)
+    assert every.jpeg_noise and not low.jpeg_noise
+    clean = photo("astronaut.png")[100:292, 100:292]
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    finding = JpegFinding(ijg_scale(40))
+    assert pick_model([every, low], compress(clean, 40), jpeg=finding) is low
+    assert pick_model([every, low], compress(noisy, 40), jpeg=finding) is every  # noise before compression
 
 
 @pytest.mark.parametrize("quality", [20])
