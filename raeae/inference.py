@@ -322,16 +322,17 @@ def pick_model(models: list[DenseAutoencoder], image: np.ndarray, jpeg: JpegFind
     above 0): of the models told it (``jpeg_input``), the one that learnt the narrowest range of qualities
     holding the image's (``jpeg_qualities``; none holding it: of all), gray or colour; where the image shows
     noise from before its compression (:func:`_shows_noise`), only of the models that learnt such noise
-    (``jpeg_noise``). Else among the others the colour
-    model for colour images (RGB, RGBA), the gray model for gray ones (L, LA). A single model takes everything."""
+    (``jpeg_noise``). Else among the others the colour model for colour images (RGB, RGBA), the gray model
+    for gray ones (L, LA). A single model takes everything."""
     if len(models) == 1:
         return models[0]
     is_jpeg = jpeg is not None and jpeg.scale > 0
     pool = [m for m in models if m.config.jpeg_input == is_jpeg] or models
     if is_jpeg:
-        if any(not m.jpeg_noise for m in pool) and _shows_noise(pool[0], image):
-            pool = [m for m in pool if m.jpeg_noise] or pool
         quality = quality_of(jpeg.scale)
+        noise_free = [m for m in pool if not m.jpeg_noise and m.jpeg_qualities[0] <= quality <= m.jpeg_qualities[1]]
+        if noise_free and _shows_noise(noise_free[0], image):
+            pool = [m for m in pool if m.jpeg_noise] or pool
         holding = [m for m in pool if m.jpeg_qualities[0] <= quality <= m.jpeg_qualities[1]] or pool
         narrowest = min(hi - lo for lo, hi in (m.jpeg_qualities for m in holding))
         pool = [m for m in holding if m.jpeg_qualities[1] - m.jpeg_qualities[0] == narrowest]
@@ -347,8 +348,9 @@ JPEG_NOISE_SIGMA = 1.0
 
 
 def _shows_noise(model: DenseAutoencoder, image: np.ndarray) -> bool:
-    """Whether a JPEG ``image`` shows noise from before its compression: its σ as ``model`` would be told it."""
-    return noise_level_of(_as_batch(model, image, torch.device("cpu"))[0]) > JPEG_NOISE_SIGMA
+    """Whether a JPEG ``image`` shows noise from before its compression: its σ as ``model`` would be told it
+    (of a central sample of a large image, as restore estimates it)."""
+    return noise_level_of(_as_batch(model, sample(image), torch.device("cpu"))[0]) > JPEG_NOISE_SIGMA
 
 
 def restore_image(model: DenseAutoencoder, image: np.ndarray, stride: int | None = None,
