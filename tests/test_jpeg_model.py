@@ -26,6 +26,15 @@ def jpeg_model(channels: int = 3, seed: int = 0) -> torch.nn.Module:
                                    residual=True, noise_input=True, jpeg_input=True)).eval()
 
 
+def saved_jpeg_model(folder, qualities: tuple[int, int], noise_share: float, seed: int) -> torch.nn.Module:
+    """A tiny JPEG model saved with the training damage it learnt and loaded back, as restore loads one."""
+    from raeae import checkpoint as ckpt
+
+    m = jpeg_model(seed=seed)
+    noise = NoiseConfig(noise=Noise.JPEG, quality=qualities[0], quality_max=qualities[1], noise_share=noise_share)
+    return ckpt.load_model(ckpt.save(ckpt.checkpoint_state(m, m.config, noise=noise.to_dict()), str(folder / str(seed))))
+
+
 def test_jpeg_inputs_widen_the_first_layer_and_round_trip_in_the_config():
     cfg = ModelConfig(patch_size=13, channels=3, noise_input=True, jpeg_input=True)
     assert build_model(cfg).encoder[0].in_features == 169 + 1 + JPEG_INPUTS
@@ -103,15 +112,7 @@ def test_packed_jpeg_restores_equal_one_image_at_a_time_and_pick_the_jpeg_model(
 
 
 def test_each_jpeg_goes_to_the_model_that_learnt_the_narrowest_range_holding_its_quality(tmp_path):
-    from raeae import checkpoint as ckpt
-
-    def saved(qualities: tuple[int, int], seed: int, noise_share: float = 0.5) -> torch.nn.Module:
-        m = jpeg_model(seed=seed)
-        noise = NoiseConfig(noise=Noise.JPEG, quality=qualities[0], quality_max=qualities[1], noise_share=noise_share)
-        path = ckpt.save(ckpt.checkpoint_state(m, m.config, noise=noise.to_dict()), str(tmp_path / str(seed)))
-        return ckpt.load_model(path)
-
-    every, low = saved((10, 95), 0), saved((10, 50), 1)
+    every, low = saved_jpeg_model(tmp_path, (10, 95), 0.5, 0), saved_jpeg_model(tmp_path, (10, 50), 0.5, 1)
     assert (every.jpeg_qualities, low.jpeg_qualities) == ((10, 95), (10, 50))  # read back from the checkpoint
     plain = build_model(ModelConfig(patch_size=13, channels=3, hidden=(8,), latent=4, decoder_hidden=(8,)))
     image = compress(photo("astronaut.png")[:40, :56], 20)
@@ -124,15 +125,7 @@ def test_each_jpeg_goes_to_the_model_that_learnt_the_narrowest_range_holding_its
 
 
 def test_a_jpeg_model_that_learnt_no_noise_gets_only_jpegs_that_show_none(tmp_path):
-    from raeae import checkpoint as ckpt
-
-    def saved(qualities: tuple[int, int], noise_share: float, seed: int) -> torch.nn.Module:
-        m = jpeg_model(seed=seed)
-        noise = NoiseConfig(noise=Noise.JPEG, quality=qualities[0], quality_max=qualities[1], noise_share=noise_share)
-        return ckpt.load_model(ckpt.save(ckpt.checkpoint_state(m, m.config, noise=noise.to_dict()),
-                                         str(tmp_path / str(seed))))
-
-    every, low = saved((10, 95), 0.5, 0), saved((10, 50), 0.0, 1)
+    every, low = saved_jpeg_model(tmp_path, (10, 95), 0.5, 0), saved_jpeg_model(tmp_path, (10, 50), 0.0, 1)
     assert every.jpeg_noise and not low.jpeg_noise
     clean = photo("astronaut.png")[100:292, 100:292]
     noisy = np.clip(clean + np.random.default_rng(0).normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
